@@ -1,0 +1,40 @@
+"""pytest-leanhost: prove that an MCP server test suite leaks no server process or record.
+
+The package namespace is lazy: ``import pytest_leanhost`` loads nothing heavy,
+so ``python -m pytest_leanhost.refserver`` and ``pytest_leanhost.record`` start
+without pytest or psutil. Each public name is imported from its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ProcessRecord": "pytest_leanhost.record",
+    "RecordError": "pytest_leanhost.record",
+    "RegistryError": "pytest_leanhost.record",
+    "register_server_process": "pytest_leanhost.record",
+    "registry_dir": "pytest_leanhost.record",
+    "inspect_registry": "pytest_leanhost.doctor",
+    "cleanup_stale_records": "pytest_leanhost.doctor",
+    "render_text": "pytest_leanhost.doctor",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
