@@ -24,7 +24,10 @@ _EXPORTS: dict[str, str] = {
     "render_text": "pytest_leanhost.doctor",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # noqa: PLE0604 (the names are the keys of _EXPORTS)
+    "__version__",
+    *_EXPORTS,
+]
 
 
 def __getattr__(name: str) -> Any:

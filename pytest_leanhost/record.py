@@ -104,7 +104,9 @@ class ProcessRecord:
         try:
             value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
         except json.JSONDecodeError as exc:
-            raise RecordError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+            raise RecordError(
+                f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
         except _DuplicateKeyError as exc:
             raise RecordError(f"duplicate field `{exc.key}`") from exc
         except RecursionError as exc:

@@ -1,0 +1,300 @@
+"""The probe: one pass over the process table, then each registry entry judged against it.
+
+lean-host-mcp's doctor starts five subprocesses per record (``kill -0``, two
+``ps`` look-ups, a full ``ps -axo`` listing, another ``kill -0``). The probe
+reads the process table once (:class:`ProcessTable`) and answers every
+question about every record from that snapshot, plus one ``readlink`` per
+live record for the executable. It starts no subprocess and signals nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import PurePath
+
+from pytest_leanhost.registry import RegistryEntry
+
+__all__ = [
+    "PID_REUSE_TOLERANCE",
+    "JudgedRecord",
+    "ProcessInfo",
+    "ProcessTable",
+    "judge_entries",
+    "judge_entry",
+]
+
+#: A live PID whose process was created more than this many seconds after the
+#: record was written belongs to another process: the server is gone and its
+#: PID was reused. The slack covers the kernel's whole-second boot time, from
+#: which every process create time is computed.
+PID_REUSE_TOLERANCE = 1.0
+
+_PROC = "/proc"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessInfo:
+    """What the table knows of one process: enough to judge a record."""
+
+    pid: int
+    ppid: int
+    pgid: int | None
+    create_time: float
+    zombie: bool
+
+
+class ProcessTable:
+    """A snapshot of every process on the machine, taken in one pass.
+
+    On Linux it reads ``/proc/<pid>/stat`` directly: it is the same file psutil
+    reads, without psutil's per-process object cost (about 100 µs a process,
+    against 20 µs), which is what keeps a 1000-record doctor run under 0.2 s.
+    Elsewhere it asks psutil's ``process_iter``. Create times are computed as
+    psutil computes them, so they compare equal to ``psutil.Process.create_time()``.
+    """
+
+    def __init__(self, processes: Mapping[int, ProcessInfo]) -> None:
+        self._processes = dict(processes)
+        children: dict[int, list[int]] = {}
+        for info in self._processes.values():
+            children.setdefault(info.ppid, []).append(info.pid)
+        self._children = {ppid: sorted(pids) for ppid, pids in children.items()}
+
+    @classmethod
+    def snapshot(cls) -> ProcessTable:
+        """Read the whole process table now."""
+        if sys.platform.startswith("linux") and os.path.isdir(_PROC):
+            return cls(_read_linux_table())
+        return cls(_read_psutil_table())
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._processes
+
+    def __iter__(self) -> Iterator[ProcessInfo]:
+        return iter(self._processes.values())
+
+    def __len__(self) -> int:
+        return len(self._processes)
+
+    def get(self, pid: int) -> ProcessInfo | None:
+        """The process with this PID, or ``None`` when there is none."""
+        return self._processes.get(pid)
+
+    def children(self, pid: int) -> list[int]:
+        """Direct children of ``pid``, by PID (zombies included, as ``ps`` lists them)."""
+        return list(self._children.get(pid, ()))
+
+    def descendants(self, pid: int) -> list[int]:
+        """Every process below ``pid``, breadth first."""
+        found: list[int] = []
+        queue = list(self._children.get(pid, ()))
+        while queue:
+            child = queue.pop(0)
+            if child in found or child == pid:
+                continue
+            found.append(child)
+            queue.extend(self._children.get(child, ()))
+        return found
+
+
+def _read_linux_table() -> dict[int, ProcessInfo]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = _linux_boot_time()
+    table: dict[int, ProcessInfo] = {}
+    for name in os.listdir(_PROC):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{_PROC}/{name}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue  # exited between the listing and the read
+        # The command name sits in parentheses and may itself hold ") ".
+        fields = data[data.rfind(b")") + 2 :].split()
+        try:
+            table[int(name)] = ProcessInfo(
+                pid=int(name),
+                ppid=int(fields[1]),
+                pgid=int(fields[2]),
+                create_time=float(fields[19]) / ticks + boot,
+                zombie=fields[0] in (b"Z", b"X"),
+            )
+        except (IndexError, ValueError):
+            continue
+    return table
+
+
+def _linux_boot_time() -> float:
+    with open(f"{_PROC}/stat", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _read_psutil_table() -> dict[int, ProcessInfo]:
+    import psutil
+
+    table: dict[int, ProcessInfo] = {}
+    for proc in psutil.process_iter(["pid", "ppid", "create_time", "status"]):
+        values = proc.info
+        if values.get("ppid") is None or values.get("create_time") is None:
+            continue
+        pid = int(values["pid"])
+        try:
+            pgid: int | None = os.getpgid(pid) if hasattr(os, "getpgid") else None
+        except OSError:
+            pgid = None
+        table[pid] = ProcessInfo(
+            pid=pid,
+            ppid=int(values["ppid"]),
+            pgid=pgid,
+            create_time=float(values["create_time"]),
+            zombie=values.get("status") in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD),
+        )
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgedRecord:
+    """A registry entry and what the process table says about it.
+
+    The fields are the original doctor's facts (``alive`` ... ``child_pids``)
+    plus what it cannot know: ``zombie``, ``pid_reused`` and
+    ``foreign_owner_uid``. A zombie or a reused PID is not the server, so
+    ``alive`` is false for both.
+    """
+
+    entry: RegistryEntry
+    alive: bool = False
+    executable_match: bool | None = None
+    current_parent_pid: int | None = None
+    current_process_group_id: int | None = None
+    parent_alive_at_start: bool | None = None
+    child_pids: tuple[int, ...] = ()
+    zombie: bool = False
+    pid_reused: bool = False
+    foreign_owner_uid: int | None = None
+
+    @property
+    def path(self) -> str:
+        """The record's path, as the original doctor prints it."""
+        return self.entry.path
+
+    @property
+    def stale_client(self) -> bool:
+        """A live stdio server whose recorded parent (> 1) is no longer its parent."""
+        record = self.entry.record
+        return (
+            record is not None
+            and self.alive
+            and record.transport == "stdio"
+            and record.parent_pid_at_start is not None
+            and record.parent_pid_at_start > 1
+            and record.parent_pid_at_start != self.current_parent_pid
+        )
+
+    @property
+    def verdict(self) -> str:
+        """One word: ``alive``, ``stale``, ``reused``, ``orphaned`` or ``corrupt``."""
+        if self.entry.record is None:
+            return "corrupt"
+        if self.pid_reused:
+            return "reused"
+        if not self.alive:
+            return "stale"
+        if self.stale_client:
+            return "orphaned"
+        return "alive"
+
+    @property
+    def is_problem(self) -> bool:
+        """Whether the verdict is anything but ``alive``."""
+        return self.verdict != "alive"
+
+
+def judge_entry(entry: RegistryEntry, table: ProcessTable) -> JudgedRecord:
+    """Judge one registry entry against a process-table snapshot."""
+    foreign = _foreign_owner(entry.owner_uid)
+    record = entry.record
+    if record is None:
+        return JudgedRecord(entry, foreign_owner_uid=foreign)
+    started = record.started_unix_millis / 1000.0
+    info = table.get(record.pid)
+    zombie = info is not None and info.zombie
+    reused = info is not None and not zombie and info.create_time > started + PID_REUSE_TOLERANCE
+    parent_alive = None
+    if record.parent_pid_at_start is not None:
+        parent = table.get(record.parent_pid_at_start)
+        parent_alive = (
+            parent is not None
+            and not parent.zombie
+            and parent.create_time <= started + PID_REUSE_TOLERANCE
+        )
+    if info is None or zombie or reused:
+        return JudgedRecord(
+            entry,
+            parent_alive_at_start=parent_alive,
+            zombie=zombie,
+            pid_reused=reused,
+            foreign_owner_uid=foreign,
+        )
+    return JudgedRecord(
+        entry,
+        alive=True,
+        executable_match=_executable_matches(record.pid, record.executable),
+        current_parent_pid=info.ppid,
+        current_process_group_id=info.pgid,
+        parent_alive_at_start=parent_alive,
+        child_pids=tuple(table.children(record.pid)),
+        foreign_owner_uid=foreign,
+    )
+
+
+def judge_entries(
+    entries: Iterable[RegistryEntry], table: ProcessTable | None = None
+) -> list[JudgedRecord]:
+    """Judge entries against one snapshot, sorted as the original sorts them (by PID).
+
+    Corrupt entries, which have no PID, follow the records, by path.
+    """
+    snapshot = ProcessTable.snapshot() if table is None else table
+    judged = [judge_entry(entry, snapshot) for entry in entries]
+    return sorted(judged, key=_sort_key)
+
+
+def _sort_key(judged: JudgedRecord) -> tuple[int, int, str]:
+    record = judged.entry.record
+    if record is None:
+        return (1, 0, judged.path)
+    return (0, record.pid, judged.path)
+
+
+def _foreign_owner(uid: int | None) -> int | None:
+    if uid is None or not hasattr(os, "geteuid"):
+        return None
+    return uid if uid != os.geteuid() else None
+
+
+def _executable_matches(pid: int, expected: str) -> bool | None:
+    try:
+        actual = os.readlink(f"{_PROC}/{pid}/exe")
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return None  # not ours to read, or gone: unknown, as the original says
+        actual = _psutil_executable(pid)
+        if actual is None:
+            return None
+    return PurePath(actual) == PurePath(expected)
+
+
+def _psutil_executable(pid: int) -> str | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).exe() or None
+    except psutil.Error:
+        return None

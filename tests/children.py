@@ -1,0 +1,95 @@
+"""Real child processes for the doctor's tests, each tracked and killed by exact PID."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+# A minimal server: registers in argv[2] with transport argv[1], prints its PID,
+# then lives until its stdin closes, or (with argv[3] == "sleep") for two minutes.
+SERVER_CODE = """
+import sys, time
+from pytest_leanhost.record import register_server_process
+reg = register_server_process(sys.argv[1], registry=sys.argv[2])
+print(reg.record.pid, flush=True)
+time.sleep(120) if sys.argv[3:] == ["sleep"] else sys.stdin.read()
+"""
+
+# Starts SERVER_CODE as its own child, prints the child's PID and exits at once,
+# so the server is reparented: the client that launched it is gone.
+ORPHANING_PARENT_CODE = """
+import subprocess, sys, os
+child = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1], "stdio", sys.argv[2], "sleep"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+)
+print(child.stdout.readline().strip(), flush=True)
+os._exit(0)
+"""
+
+
+def poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` with a short backoff until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+class Children:
+    """Starts real processes and kills every one of them (exact PID) at teardown."""
+
+    def __init__(self) -> None:
+        self._popen: list[subprocess.Popen[str]] = []
+        self._adopted: list[psutil.Process] = []
+
+    def start(self, *args: str, stdin: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+        """Start ``python -c`` with ``args``, pipes for stdin and stdout."""
+        child = subprocess.Popen(
+            [sys.executable, "-c", *args], stdin=stdin, stdout=subprocess.PIPE, text=True
+        )
+        self._popen.append(child)
+        return child
+
+    def server(self, registry: Path, transport: str = "stdio") -> subprocess.Popen[str]:
+        """Start a registering server child; returns once its record is written."""
+        child = self.start(SERVER_CODE, transport, str(registry))
+        assert child.stdout is not None
+        assert int(child.stdout.readline()) == child.pid
+        return child
+
+    def orphaned_server(self, registry: Path) -> psutil.Process:
+        """A registered stdio server whose launching parent has exited."""
+        parent = self.start(ORPHANING_PARENT_CODE, SERVER_CODE, str(registry), stdin=None)
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        server = psutil.Process(pid)  # pinned by create time from here on
+        self._adopted.append(server)
+        parent.wait(10)
+        assert poll(lambda: server.ppid() != parent.pid)
+        return server
+
+    def close(self) -> None:
+        for proc in self._adopted:
+            # psutil refuses to signal a PID that now names another process.
+            try:
+                proc.kill()
+                proc.wait(10)
+            except psutil.NoSuchProcess:
+                pass
+        for child in self._popen:
+            if child.poll() is None:
+                child.kill()
+            child.wait(10)
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    stream.close()
