@@ -22,6 +22,13 @@ _EXPORTS: dict[str, str] = {
     "inspect_registry": "pytest_leanhost.doctor",
     "cleanup_stale_records": "pytest_leanhost.doctor",
     "render_text": "pytest_leanhost.doctor",
+    "spawn_server": "pytest_leanhost.spawn",
+    "ServerProcess": "pytest_leanhost.spawn",
+    "StopResult": "pytest_leanhost.spawn",
+    "leanhost_doctor": "pytest_leanhost.fixtures",
+    "leanhost_registry": "pytest_leanhost.fixtures",
+    "leanhost_server": "pytest_leanhost.fixtures",
+    "leanhost_server_command": "pytest_leanhost.fixtures",
 }
 
 __all__ = [  # noqa: PLE0604 (the names are the keys of _EXPORTS)

@@ -1,0 +1,214 @@
+"""The fixtures: a test's registry, the server command, a server factory, and a doctor.
+
+They work with the plugin active (``pytest -p leanhost``), where the registry
+is the test's own directory under the session root and the session-end check
+sees everything; and imported alone into a conftest
+(``from pytest_leanhost import leanhost_server, leanhost_registry``), where the
+registry is a private temporary directory and there is no session-end check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from pytest_leanhost.doctor import (
+    CleanupResult,
+    cleanup_stale_records,
+    inspect_registry,
+    render_text,
+)
+from pytest_leanhost.ownership import NODEID_ENV
+from pytest_leanhost.probe import JudgedRecord
+from pytest_leanhost.record import REGISTRY_ENV
+from pytest_leanhost.settings import DEFAULT_SETTINGS, SETTINGS_KEY, Settings
+from pytest_leanhost.spawn import ServerProcess, StopResult, spawn_server
+from pytest_leanhost.state import STATE_KEY
+
+__all__ = [
+    "RegistryDoctor",
+    "ServerFactory",
+    "leanhost_doctor",
+    "leanhost_registry",
+    "leanhost_server",
+    "leanhost_server_command",
+    "reference_server_command",
+]
+
+
+def reference_server_command() -> list[str]:
+    """The built-in reference server, run with the current Python."""
+    return [sys.executable, "-m", "pytest_leanhost.refserver"]
+
+
+def _settings(config: pytest.Config) -> Settings:
+    return config.stash.get(SETTINGS_KEY, DEFAULT_SETTINGS)
+
+
+@pytest.fixture
+def leanhost_registry(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """The test's own registry directory (a ``pathlib.Path``, created, mode 0700).
+
+    ``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` points at it for the test, so every
+    server the test starts registers there. With the plugin active it is the
+    test's directory under the session root, checked at session end (also when
+    ``leanhost_isolate = false``); without it, a fresh temporary directory.
+    """
+    state = request.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        path = state.registry_for(request.node.nodeid, create=True)
+    else:
+        path = tmp_path_factory.mktemp("leanhost-registry")
+        path.chmod(0o700)
+    monkeypatch.setenv(REGISTRY_ENV, str(path))
+    return path
+
+
+@pytest.fixture
+def leanhost_server_command(request: pytest.FixtureRequest) -> list[str]:
+    """The server command that ``leanhost_server`` starts, as a list of strings.
+
+    In order: ``--leanhost-server-cmd`` (split like a shell), the ini option
+    ``leanhost_server_command``, else the reference server
+    (``python -m pytest_leanhost.refserver``). Override this fixture to test
+    your own server.
+    """
+    command = _settings(request.config).server_command
+    return list(command) if command else reference_server_command()
+
+
+class ServerFactory:
+    """Starts servers in the test's registry and checks each against the contract at the end.
+
+    Call it: ``leanhost_server(*extra_args, transport="stdio", env=None, cwd=None)``
+    returns a started, registered :class:`~pytest_leanhost.spawn.ServerProcess`.
+    """
+
+    def __init__(self, command: list[str], registry: Path, nodeid: str, settings: Settings) -> None:
+        self.command = command
+        self.registry = registry
+        self.nodeid = nodeid
+        self.settings = settings
+        self.servers: list[ServerProcess] = []
+
+    def __call__(
+        self,
+        *extra_args: str,
+        transport: str = "stdio",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> ServerProcess:
+        if transport not in ("stdio", "http"):
+            raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
+        server = spawn_server(
+            [*self.command, *extra_args],
+            transport=transport,  # type: ignore[arg-type]
+            registry=self.registry,
+            env={NODEID_ENV: self.nodeid, **(env or {})},
+            cwd=cwd,
+            ready_timeout=self.settings.ready_timeout,
+        )
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> list[str]:
+        """Stop every server by the shutdown ladder; return each contract violation."""
+        problems: list[str] = []
+        for server in reversed(self.servers):
+            result = server.stop(self.settings.shutdown_timeout)
+            problems.extend(contract_violations(server, result, self.settings.shutdown_timeout))
+        return problems
+
+
+def contract_violations(server: ServerProcess, result: StopResult, timeout: float) -> list[str]:
+    """What a stopped server did against the lifecycle contract, one line per rule broken."""
+    where = f"server pid={server.pid} ({server.transport})"
+    problems = []
+    if server.transport == "stdio" and result.rung in ("sigterm", "sigkill"):
+        problems.append(
+            f"rule 3: {where} did not exit on stdin EOF within {timeout:g}s "
+            f"(ended by {result.rung.upper()})"
+        )
+    if server.transport == "http" and result.rung == "sigkill":
+        problems.append(f"rule 5: {where} did not exit on SIGTERM within {timeout:g}s")
+    graceful = result.rung in ("stdin_eof", "sigterm")
+    if graceful and result.returncode not in (0, None):
+        problems.append(f"rule 3/5: {where} exited with status {result.returncode}, not 0")
+    if not result.record_removed:
+        problems.append(f"rule 2: {where} did not remove its record {server.record_path}")
+    if result.surviving_workers:
+        pids = ",".join(str(pid) for pid in result.surviving_workers)
+        problems.append(f"rule 6: {where} left worker children alive: {pids}")
+    if problems:
+        tail = server.stderr_tail().rstrip()
+        problems.append("stderr tail:\n" + (tail if tail else "  (empty)"))
+    return problems
+
+
+@pytest.fixture
+def leanhost_server(
+    request: pytest.FixtureRequest, leanhost_registry: Path
+) -> Iterator[ServerFactory]:
+    """A factory that starts real servers: ``leanhost_server(*args, transport="stdio")``.
+
+    Each call starts ``leanhost_server_command`` plus ``args`` in the test's
+    registry (``transport="http"``: on a free loopback port), waits until the
+    server registers, and returns its ``ServerProcess`` (an MCP client:
+    ``initialize()``, ``list_tools()``, ``call_tool()``...). At teardown every
+    server is stopped by the lifecycle contract's ladder; one that breaks a
+    rule (no exit on stdin EOF or SIGTERM in time, a record left behind, a
+    worker that outlives it) fails the test with an error naming the rule.
+    """
+    try:
+        command = request.getfixturevalue("leanhost_server_command")
+    except pytest.FixtureLookupError:  # imported alone into a conftest
+        command = _settings(request.config).server_command or reference_server_command()
+    factory = ServerFactory(
+        list(command), leanhost_registry, request.node.nodeid, _settings(request.config)
+    )
+    yield factory
+    problems = factory.stop_all()
+    if problems:
+        pytest.fail(
+            "leanhost: server broke the lifecycle contract:\n" + "\n".join(problems), pytrace=False
+        )
+
+
+class RegistryDoctor:
+    """The doctor for the test's registry (or any other): judge, show, clean, assert."""
+
+    def __init__(self, registry: Path) -> None:
+        self.registry = registry
+
+    def inspect(self, registry: str | os.PathLike[str] | None = None) -> list[JudgedRecord]:
+        """Judge every record of the registry against one process-table snapshot."""
+        return inspect_registry(self.registry if registry is None else registry)
+
+    def text(self, registry: str | os.PathLike[str] | None = None) -> str:
+        """The doctor lines, exactly as ``leanhost doctor processes`` prints them."""
+        return render_text(self.inspect(registry))
+
+    def cleanup(self, registry: str | os.PathLike[str] | None = None) -> CleanupResult:
+        """Remove the records of dead or reused PIDs (never anything else)."""
+        return cleanup_stale_records(self.inspect(registry))
+
+    def assert_clean(self, registry: str | os.PathLike[str] | None = None) -> None:
+        """Fail with the doctor lines if any record is stale, orphaned, reused or corrupt."""
+        judged = self.inspect(registry)
+        if any(item.is_problem for item in judged):
+            pytest.fail("leanhost: registry is not clean:\n" + render_text(judged), pytrace=False)
+
+
+@pytest.fixture
+def leanhost_doctor(leanhost_registry: Path) -> RegistryDoctor:
+    """The doctor for this test's registry: ``inspect()``, ``text()``, ``cleanup()``,
+    ``assert_clean()``; each takes another registry directory as an optional argument."""
+    return RegistryDoctor(leanhost_registry)

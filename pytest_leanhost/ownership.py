@@ -1,0 +1,108 @@
+"""Ownership markers: how the plugin proves a process belongs to its test run.
+
+The plugin puts ``LEANHOST_SESSION=<id>`` into the pytest process's environment,
+so every process the run starts, directly or not, inherits it; for the span
+of each test it also sets ``LEANHOST_NODEID``. A process counts as the
+session's own only if its environment *at start* (``/proc/PID/environ``)
+carries the session id. Processes are never looked up by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import sys
+from collections.abc import Iterable
+
+from pytest_leanhost.probe import ProcessTable
+
+__all__ = [
+    "NODEID_ENV",
+    "SESSION_ENV",
+    "WORKER_ENV",
+    "MarkedProcess",
+    "find_marked_processes",
+    "new_session_id",
+]
+
+#: The session id every process of the test run inherits.
+SESSION_ENV = "LEANHOST_SESSION"
+#: The node id of the test that was running when a process started.
+NODEID_ENV = "LEANHOST_NODEID"
+#: The pytest-xdist worker (``gw0``...) that started a process.
+WORKER_ENV = "LEANHOST_WORKER"
+
+
+def new_session_id() -> str:
+    """A fresh, unguessable session id."""
+    return f"lh-{secrets.token_hex(8)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkedProcess:
+    """A live process whose starting environment carries the session id."""
+
+    pid: int
+    create_time: float
+    nodeid: str | None
+    worker: str | None
+
+
+def find_marked_processes(
+    session_id: str, table: ProcessTable, *, exclude: Iterable[int] = ()
+) -> dict[int, MarkedProcess]:
+    """Every live, non-zombie process in ``table`` that carries ``session_id``.
+
+    Reads each process's starting environment once; processes that are gone or
+    not ours to read are skipped (they cannot carry our marker: a process we
+    started runs as our user).
+    """
+    excluded = set(exclude)
+    marker = f"{SESSION_ENV}={session_id}".encode()
+    found: dict[int, MarkedProcess] = {}
+    for info in table:
+        if info.zombie or info.pid in excluded:
+            continue
+        environ = _read_environ(info.pid)
+        if environ is None or not _has_entry(environ, marker):
+            continue
+        found[info.pid] = MarkedProcess(
+            pid=info.pid,
+            create_time=info.create_time,
+            nodeid=_value(environ, NODEID_ENV),
+            worker=_value(environ, WORKER_ENV),
+        )
+    return found
+
+
+def _read_environ(pid: int) -> bytes | None:
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                return b"\0" + handle.read()
+        except OSError:
+            return None
+    import psutil
+
+    try:
+        env = psutil.Process(pid).environ()
+    except psutil.Error:
+        return None
+    return b"\0" + b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0"
+
+
+def _has_entry(environ: bytes, entry: bytes) -> bool:
+    # Entries are NUL-separated; match a whole entry, not a prefix of a longer id.
+    return b"\0" + entry + b"\0" in environ + b"\0"
+
+
+def _value(environ: bytes, name: str) -> str | None:
+    key = b"\0" + name.encode() + b"="
+    start = environ.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = environ.find(b"\0", start)
+    raw = environ[start:] if end < 0 else environ[start:end]
+    return os.fsdecode(raw)
