@@ -182,9 +182,14 @@ def test_the_doctor_section_lists_records_by_test(pytester: pytest.Pytester) -> 
         test_doc="""
 import os, subprocess, sys
 HELD = []
-CODE = "import sys; from pytest_leanhost.record import register_server_process as r; r('stdio'); print('up', flush=True); sys.stdin.read()"
+CODE = (
+    "import sys; from pytest_leanhost.record import register_server_process as r;"
+    " r('stdio'); print('up', flush=True); sys.stdin.read()"
+)
 def test_holds_server():
-    child = subprocess.Popen([sys.executable, "-c", CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     child.stdout.readline()
     HELD.append(child)
 """
