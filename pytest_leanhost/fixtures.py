@@ -13,20 +13,18 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_leanhost.doctor import (
-    CleanupResult,
-    cleanup_stale_records,
-    inspect_registry,
-    render_text,
-)
 from pytest_leanhost.ownership import NODEID_ENV
-from pytest_leanhost.probe import JudgedRecord
 from pytest_leanhost.record import REGISTRY_ENV
 from pytest_leanhost.settings import DEFAULT_SETTINGS, SETTINGS_KEY, Settings
-from pytest_leanhost.spawn import ServerProcess, StopResult, spawn_server
+
+if TYPE_CHECKING:  # the fixtures load these only when used, to keep `-p leanhost` light
+    from pytest_leanhost.doctor import CleanupResult
+    from pytest_leanhost.probe import JudgedRecord
+    from pytest_leanhost.spawn import ServerProcess, StopResult
 from pytest_leanhost.state import STATE_KEY
 
 __all__ = [
@@ -108,6 +106,8 @@ class ServerFactory:
     ) -> ServerProcess:
         if transport not in ("stdio", "http"):
             raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
+        from pytest_leanhost.spawn import spawn_server
+
         server = spawn_server(
             [*self.command, *extra_args],
             transport=transport,  # type: ignore[arg-type]
@@ -190,18 +190,26 @@ class RegistryDoctor:
 
     def inspect(self, registry: str | os.PathLike[str] | None = None) -> list[JudgedRecord]:
         """Judge every record of the registry against one process-table snapshot."""
+        from pytest_leanhost.doctor import inspect_registry
+
         return inspect_registry(self.registry if registry is None else registry)
 
     def text(self, registry: str | os.PathLike[str] | None = None) -> str:
         """The doctor lines, exactly as ``leanhost doctor processes`` prints them."""
+        from pytest_leanhost.doctor import render_text
+
         return render_text(self.inspect(registry))
 
     def cleanup(self, registry: str | os.PathLike[str] | None = None) -> CleanupResult:
         """Remove the records of dead or reused PIDs (never anything else)."""
+        from pytest_leanhost.doctor import cleanup_stale_records
+
         return cleanup_stale_records(self.inspect(registry))
 
     def assert_clean(self, registry: str | os.PathLike[str] | None = None) -> None:
         """Fail with the doctor lines if any record is stale, orphaned, reused or corrupt."""
+        from pytest_leanhost.doctor import render_text
+
         judged = self.inspect(registry)
         if any(item.is_problem for item in judged):
             pytest.fail("leanhost: registry is not clean:\n" + render_text(judged), pytrace=False)

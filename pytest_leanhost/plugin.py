@@ -14,31 +14,33 @@ import os
 import signal
 import threading
 import types
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_leanhost.doctor import render_text
 from pytest_leanhost.fixtures import (
     leanhost_doctor,
     leanhost_registry,
     leanhost_server,
     leanhost_server_command,
 )
-from pytest_leanhost.leaks import LEAK_KINDS, Finding, SessionScan, clean_up, scan_session
 from pytest_leanhost.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
-from pytest_leanhost.registry import RegistryUnreadableError
-from pytest_leanhost.report import (
-    add_junit_failure,
-    finding_line,
-    github_annotation,
-    write_json_report,
-)
 from pytest_leanhost.settings import SETTINGS_KEY, Settings, add_options, read_settings
 from pytest_leanhost.state import STATE_KEY, SessionState
+
+if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
+    from pytest_leanhost.leaks import Finding, SessionScan
+
+#: The leak kinds (as in pytest_leanhost.leaks, which loads only at session end).
+LEAK_KINDS = (
+    "stale_record",
+    "orphaned_server",
+    "leaked_server",
+    "leaked_process",
+    "corrupt_record",
+)
 
 __all__ = [
     "leanhost_doctor",
@@ -111,31 +113,26 @@ class LeanhostPlugin:
         self._setenv(SESSION_ENV, session_id)
         if self.worker is not None:
             self._setenv(WORKER_ENV, self.worker)
+        # Saved once here, restored at unconfigure; each test then only sets them.
+        self._saved_env.setdefault(NODEID_ENV, os.environ.get(NODEID_ENV))
+        self._saved_env.setdefault(REGISTRY_ENV, os.environ.get(REGISTRY_ENV))
 
     # -- each test ---------------------------------------------------------------
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         """From setup to teardown, name the test's registry and node id in the environment.
 
         Every process the test starts, by any means and at any depth, inherits
-        both. The directory itself is left for the first server to create.
+        both. The directory itself is left for the first server to create. The
+        values stay until the next test replaces them; the originals come back
+        at unconfigure (nothing runs between two tests' protocols).
         """
         assert self.state is not None
         environ = os.environ
-        saved_nodeid = environ.get(NODEID_ENV)
-        saved_registry = environ.get(REGISTRY_ENV)
         environ[NODEID_ENV] = item.nodeid
         if self.settings.isolate:
-            environ[REGISTRY_ENV] = str(self.state.registry_for(item.nodeid))
-        try:
-            return (yield)
-        finally:
-            _restore(NODEID_ENV, saved_nodeid)
-            if self.settings.isolate:
-                _restore(REGISTRY_ENV, saved_registry)
+            environ[REGISTRY_ENV] = self.state.registry_path(item.nodeid)
 
     # -- session finish ----------------------------------------------------------
 
@@ -150,6 +147,8 @@ class LeanhostPlugin:
         state = self.state
         if state is None:
             return
+        from pytest_leanhost.leaks import Finding, clean_up, scan_session
+
         self.interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
         if self.worker is not None:
             registries = state.own_registries()
@@ -203,6 +202,8 @@ class LeanhostPlugin:
         self._write_outputs(state)
 
     def _write_outputs(self, state: SessionState) -> None:
+        from pytest_leanhost.report import add_junit_failure, write_json_report
+
         registries = sum(int(r["registries_checked"]) for r in self.worker_reports)
         records = sum(int(r["records_checked"]) for r in self.worker_reports)
         assert self.scan is not None
@@ -226,6 +227,8 @@ class LeanhostPlugin:
         """The ``leanhost`` section (one line per leak) and, if asked, ``leanhost doctor``."""
         if self.worker is not None or self.state is None or self.scan is None:
             return
+        from pytest_leanhost.report import finding_line, github_annotation
+
         tr = terminalreporter
         failing = [finding for finding in self.findings if not finding.allowed]
         registries = self.scan.registries_checked + sum(
@@ -258,7 +261,8 @@ class LeanhostPlugin:
             registry = registry_dir(environ)
         except RegistryError as exc:
             return [f"default registry: {exc}"]
-        from pytest_leanhost.doctor import inspect_registry
+        from pytest_leanhost.doctor import inspect_registry, render_text
+        from pytest_leanhost.registry import RegistryUnreadableError
 
         try:
             text = render_text(inspect_registry(registry))
@@ -325,6 +329,8 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> None:
 
 
 def _doctor_lines(scan: SessionScan) -> list[str]:
+    from pytest_leanhost.doctor import render_text
+
     lines: list[str] = []
     for registry, judged in sorted(scan.judged.items()):
         if not judged:

@@ -41,12 +41,18 @@ class SessionState:
         self.root = root
         self.worker = worker
         self.registries_root = os.path.join(root, "registries")
+        self._registries_prefix = self.registries_root + os.sep
         self._nodeids: dict[str, str] = {}
+
+    def registry_path(self, nodeid: str) -> str:
+        """The registry directory of test ``nodeid``, named, not created (once per test)."""
+        path = self._registries_prefix + registry_name(nodeid)
+        self._nodeids[path] = nodeid
+        return path
 
     def registry_for(self, nodeid: str, *, create: bool = False) -> Path:
         """The registry directory of test ``nodeid`` (created, mode 0700, if asked)."""
-        path = os.path.join(self.registries_root, registry_name(nodeid))
-        self._nodeids[path] = nodeid
+        path = self.registry_path(nodeid)
         if create:
             os.makedirs(path, mode=0o700, exist_ok=True)
         return Path(path)

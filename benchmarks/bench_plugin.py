@@ -1,0 +1,117 @@
+"""The plugin's cost: a 2000-trivial-test suite with and without it, and the session-end check.
+
+Run by hand: ``python benchmarks/bench_plugin.py`` (``--runs``, ``--tests``,
+``--xdist N`` to run the suite under pytest-xdist with N workers).
+
+1. Overhead: the same suite of trivial tests, run as whole pytest processes,
+   alternating ``-p leanhost`` and ``-p no:leanhost`` (plugin autoload off for
+   both, so nothing else differs); medians of ``--runs`` runs each.
+2. The session-end check alone: 2000 test registries of which 200 hold a
+   record of a live process, judged by ``scan_session`` (grace 0, so the
+   figure is the scan, not the wait), median of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_leanhost.leaks import scan_session
+from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.state import registry_name
+
+
+def write_suite(directory: Path, tests: int, per_module: int = 100) -> None:
+    for module in range(0, tests, per_module):
+        count = min(per_module, tests - module)
+        body = "".join(f"def test_{n}():\n    pass\n\n" for n in range(count))
+        (directory / f"test_m{module // per_module:03d}.py").write_text(body)
+
+
+def run_pytest(directory: Path, plugin: bool, xdist: int) -> float:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
+    if xdist:
+        args += ["-p", "xdist", "-n", str(xdist)]
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    start = time.perf_counter()
+    subprocess.run(args, cwd=directory, env=env, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def bench_overhead(tests: int, runs: int, xdist: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
+        suite = Path(tmp)
+        write_suite(suite, tests)
+        run_pytest(suite, True, xdist)  # warm the file-system cache and bytecode
+        run_pytest(suite, False, xdist)
+        with_plugin, without = [], []
+        for _ in range(runs):
+            with_plugin.append(run_pytest(suite, True, xdist))
+            without.append(run_pytest(suite, False, xdist))
+    on, off = statistics.median(with_plugin), statistics.median(without)
+    mode = f"-n {xdist}" if xdist else "one process"
+    print(f"{tests} trivial tests ({mode}), medians of {runs} alternating runs:")
+    print(f"  -p no:leanhost  {off * 1000:8.1f} ms")
+    print(f"  -p leanhost     {on * 1000:8.1f} ms")
+    print(f"  overhead        {(on - off) / off * 100:+8.2f} %")
+
+
+def bench_session_check(registries: int, records: int, runs: int) -> None:
+    procs = [
+        subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL) for _ in range(records)
+    ]
+    try:
+        with tempfile.TemporaryDirectory(prefix="leanhost-bench-check-") as tmp:
+            root = Path(tmp)
+            mapping: dict[str, str | None] = {}
+            now = time.time_ns() // 1_000_000
+            for n in range(registries):
+                nodeid = f"tests/test_m{n // 100:03d}.py::test_{n % 100}"
+                path = root / registry_name(nodeid)
+                path.mkdir()
+                mapping[str(path)] = nodeid
+                if n < records:
+                    proc = procs[n]
+                    record = ProcessRecord(
+                        proc.pid, "/usr/bin/sleep", "/", now, os.getpid(), os.getpgrp(), "stdio"
+                    )
+                    write_record_atomically(path / f"{proc.pid}.json", record.to_json_bytes())
+            samples = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                scan = scan_session(mapping, "lh-benchmark", grace=0)
+                samples.append(time.perf_counter() - start)
+            assert len(scan.findings) == records
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+    print(
+        f"session-end check, {registries} registries holding {records} live records: "
+        f"median {statistics.median(samples) * 1000:.1f} ms over {runs} runs"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=int, default=2000, help="trivial tests in the suite")
+    parser.add_argument("--runs", type=int, default=7, help="runs per variant (median)")
+    parser.add_argument("--xdist", type=int, default=0, help="pytest-xdist workers (0: none)")
+    parser.add_argument("--skip-suite", action="store_true", help="only the session-end check")
+    args = parser.parse_args()
+    if not args.skip_suite:
+        bench_overhead(args.tests, args.runs, args.xdist)
+    bench_session_check(2000, 200, max(args.runs, 5))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
