@@ -116,6 +116,7 @@ class SessionScan:
 
     findings: list[Finding]
     judged: dict[str, list[JudgedRecord]]
+    nodeids: dict[str, str | None]
     registries_checked: int
     records_checked: int
 
@@ -152,6 +153,7 @@ def scan_session(
     return SessionScan(
         findings=_classify(registries, look, worker),
         judged=look.judged,
+        nodeids=dict(registries),
         registries_checked=len(registries),
         records_checked=sum(len(items) for items in look.judged.values()),
     )

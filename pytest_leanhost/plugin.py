@@ -192,7 +192,7 @@ class LeanhostPlugin:
         for report in self.worker_reports:
             findings = [*map(Finding.from_json, report["findings"]), *findings]
             self.doctor_lines = [*report["doctor"], *self.doctor_lines]
-        self.findings = findings
+        self.findings = sorted(findings, key=lambda f: (f.nodeid or "", f.kind, f.pid or 0))
         self.scan = scan
         if any(not finding.allowed for finding in findings) and session.exitstatus in (
             pytest.ExitCode.OK,
@@ -329,15 +329,14 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> None:
 
 
 def _doctor_lines(scan: SessionScan) -> list[str]:
+    """The doctor lines of every registry the session used, by test, before any cleanup."""
     from pytest_leanhost.doctor import render_text
 
     lines: list[str] = []
     for registry, judged in sorted(scan.judged.items()):
-        if not judged:
-            continue
-        nodeid = next((f.nodeid for f in scan.findings if f.registry == registry), None)
+        nodeid = scan.nodeids.get(registry)
         lines.append(f"{nodeid or Path(registry).name} (registry {registry}):")
-        lines.extend(render_text(judged).splitlines())
+        lines.extend(render_text(judged).splitlines() or ["  (no records)"])
     return lines
 
 
