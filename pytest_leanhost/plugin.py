@@ -101,7 +101,6 @@ class LeanhostPlugin:
         if inherited is not None:
             # Only an xdist worker adopts the controller's session; a nested pytest never does.
             session_id, root = str(inherited["session_id"]), Path(inherited["root"])
-            _write_worker_pid(root, str(self.worker))
         else:
             session_id = new_session_id()
             root = self.config._tmp_path_factory.getbasetemp() / "leanhost"  # type: ignore[attr-defined]
@@ -110,6 +109,8 @@ class LeanhostPlugin:
             self._install_sigterm_handler()
         self.state = SessionState(session_id, root, self.worker)
         self.config.stash[STATE_KEY] = self.state
+        if self.worker is not None:
+            self.state.register_worker(self.worker, os.getpid())
         self._setenv(SESSION_ENV, session_id)
         if self.worker is not None:
             self._setenv(WORKER_ENV, self.worker)
@@ -162,7 +163,7 @@ class LeanhostPlugin:
         scan = scan_session(
             registries,
             state.session_id,
-            exclude_pids=_worker_pids(state.root),
+            exclude_pids=state.worker_pids(),
             grace=self.settings.grace,
             worker=self.worker,
             only_worker=self.worker,
@@ -338,22 +339,6 @@ def _doctor_lines(scan: SessionScan) -> list[str]:
         lines.append(f"{nodeid or Path(registry).name} (registry {registry}):")
         lines.extend(render_text(judged).splitlines() or ["  (no records)"])
     return lines
-
-
-def _write_worker_pid(root: Path, worker: str) -> None:
-    """Leave this worker's PID where the controller looks, so it is never taken for a leak."""
-    directory = root / "workers"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    (directory / f"{worker}.pid").write_text(str(os.getpid()))
-
-
-def _worker_pids(root: Path) -> set[int]:
-    pids: set[int] = set()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(root / "workers"):
-            with contextlib.suppress(OSError, ValueError):
-                pids.add(int(Path(entry.path).read_text()))
-    return pids
 
 
 class XdistHooks:

@@ -7,9 +7,13 @@ registers in it, so a test that starts no server costs a dictionary entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
@@ -46,7 +50,11 @@ class SessionState:
 
     def registry_path(self, nodeid: str) -> str:
         """The registry directory of test ``nodeid``, named, not created (once per test)."""
-        path = self._registries_prefix + registry_name(nodeid)
+        name = registry_name(nodeid)
+        path = self._registries_prefix + name
+        if path not in self._nodeids and not name.startswith("t-"):
+            # A hashed name does not say its test: the shared index does, for the controller.
+            self._update_index(lambda index: index["registries"].__setitem__(name, nodeid))
         self._nodeids[path] = nodeid
         return path
 
@@ -68,12 +76,54 @@ class SessionState:
             entries = list(os.scandir(self.registries_root))
         except FileNotFoundError:
             return found
+        indexed: dict[str, str] = {}
+        if any(not entry.name.startswith("t-") for entry in entries):
+            indexed = self._read_index()["registries"]
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                found[entry.path] = self._nodeids.get(entry.path) or nodeid_of_registry_name(
-                    entry.name
+                found[entry.path] = (
+                    self._nodeids.get(entry.path)
+                    or nodeid_of_registry_name(entry.name)
+                    or indexed.get(entry.name)
                 )
         return found
+
+    def register_worker(self, worker: str, pid: int) -> None:
+        """Note an xdist worker's PID, so the controller never takes it for a leak."""
+        self._update_index(lambda index: index["workers"].__setitem__(worker, pid))
+
+    def worker_pids(self) -> set[int]:
+        """The PIDs of every xdist worker of the session (empty without xdist)."""
+        return {int(pid) for pid in self._read_index()["workers"].values()}
+
+    # The index is the one file that workers share: every change happens under a
+    # file lock, and lands by an atomic rename, so no reader sees half of it.
+
+    def _index_path(self) -> str:
+        return os.path.join(self.root, "index.json")
+
+    def _read_index(self) -> dict[str, Any]:
+        index: dict[str, Any] = {"workers": {}, "registries": {}}
+        with contextlib.suppress(OSError, ValueError):
+            with open(self._index_path(), encoding="utf-8") as handle:
+                loaded = json.load(handle)
+            if isinstance(loaded, dict):
+                for key in index:
+                    if isinstance(loaded.get(key), dict):
+                        index[key] = loaded[key]
+        return index
+
+    def _update_index(self, change: Callable[[dict[str, Any]], None]) -> None:
+        from filelock import FileLock
+
+        path = self._index_path()
+        with FileLock(path + ".lock"):
+            index = self._read_index()
+            change(index)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(index, handle)
+            os.replace(tmp, path)
 
 
 STATE_KEY = pytest.StashKey[SessionState]()
