@@ -1,0 +1,545 @@
+"""Spawn a real MCP server as a child, wait until it registers, drive it, and stop it.
+
+:func:`spawn_server` starts any server command (the reference server, ``lean-host-mcp``,
+a user's own), waits for its process record and returns a :class:`ServerProcess`.
+:meth:`ServerProcess.stop` walks the lifecycle contract's shutdown ladder and reports,
+as a :class:`StopResult`, which rung ended the server, whether it removed its record
+and which of its workers survived it. Every signal goes to the exact PID that was
+started, after psutil checked that the PID still names that process (same create time).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import os
+import select
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from pytest_leanhost.mcp_client import (
+    DEFAULT_PROTOCOL_VERSION,
+    HttpClient,
+    McpClient,
+    McpError,
+    McpTransportError,
+    PipeLineReader,
+    StdioClient,
+)
+from pytest_leanhost.processes import is_gone, wait_gone
+from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
+
+__all__ = [
+    "McpError",
+    "McpTransportError",
+    "ServerProcess",
+    "ServerStartError",
+    "StopResult",
+    "spawn_server",
+]
+
+Transport = Literal["stdio", "http"]
+Rung = Literal["stdin_eof", "sigterm", "sigkill", "already_exited"]
+
+_TAIL_LINES = 200  # stderr lines kept per server
+_MAX_TAIL_LINE = 4096  # a longer stderr line is kept in pieces of this size
+_PORT_RETRIES = 5  # fresh ports tried when the chosen one was taken in between
+_WORKER_GRACE = 1.0  # how long workers get to follow their exited server
+_START_FAILURE_GRACE = 1.0  # per rung, when stopping a server that failed to start
+
+
+class ServerStartError(RuntimeError):
+    """The server exited, did not register in time, or wrote a corrupt record.
+
+    ``reason`` is ``"exited"``, ``"timeout"`` or ``"corrupt"``.
+    """
+
+    def __init__(self, message: str, reason: Literal["exited", "timeout", "corrupt"]) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class StopResult:
+    """How :meth:`ServerProcess.stop` ended a server.
+
+    ``rung``: the step that ended it; ``returncode``: its exit status (negative: the
+    signal that killed it); ``record_removed``: whether ``<pid>.json`` is gone;
+    ``surviving_workers``: PIDs of its descendants still alive after a short grace;
+    ``elapsed``: seconds the stop took.
+    """
+
+    rung: Rung
+    returncode: int | None
+    record_removed: bool
+    surviving_workers: tuple[int, ...]
+    elapsed: float
+
+
+class _LineTail:
+    """The last lines a pipe carried, bounded, for error messages."""
+
+    def __init__(self, maxlen: int = _TAIL_LINES) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def add(self, line: bytes) -> None:
+        with self._lock:
+            self._lines.append(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def text(self, lines: int = 20) -> str:
+        with self._lock:
+            kept = list(self._lines)
+        return "\n".join(kept[-lines:] if lines > 0 else [])
+
+
+def _wait_exit_event(pid: int, timeout: float) -> None:
+    """Block until our child ``pid`` exits or ``timeout`` passes, waking at once on exit.
+
+    Linux's pidfd becomes readable the moment the child exits; elsewhere this returns
+    at once and ``Popen.wait`` polls on its own (with a coarser backoff).
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return
+    try:
+        fd = pidfd_open(pid)
+    except OSError:
+        return  # already reaped, or no pidfd support in this kernel
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(max(0, int(timeout * 1000)))
+    finally:
+        os.close(fd)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        return False
+
+
+def _split_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _accepts(bind: str) -> bool:
+    """Whether ``HOST:PORT`` accepts a TCP connection right now."""
+    try:
+        host, port = _split_bind(bind)
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class _Backoff:
+    """Sleeps 1 ms, then 10 % longer each time, up to 50 ms, never past a deadline.
+
+    The gentle growth keeps the overshoot past the moment a server registered under
+    a tenth of its start-up time (a doubling backoff could add nearly as much again),
+    at the cost of a few more ``stat`` calls.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self._delay = 0.001
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def sleep(self) -> None:
+        time.sleep(max(0.0, min(self._delay, self.deadline - time.monotonic())))
+        self._delay = min(self._delay * 1.1, 0.05)
+
+
+class ServerProcess:
+    """A started, registered server: its PID and record, an MCP client, and the ladder.
+
+    A context manager: leaving it stops the server. Not thread-safe beyond what the
+    underlying client allows.
+    """
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        *,
+        command: Sequence[str],
+        transport: Transport,
+        registry: Path,
+        stderr: PipeLineReader,
+        stderr_lines: _LineTail,
+        stdout_drain: PipeLineReader | None,
+        bind_arg: str | None = None,
+    ) -> None:
+        self._popen = popen
+        # Captured while the child cannot have been reaped: pins its create time.
+        self._proc = psutil.Process(popen.pid)
+        self.pid = popen.pid
+        self.command: tuple[str, ...] = tuple(command)
+        self.transport: Transport = transport
+        self.registry = registry
+        self.record_path = registry / f"{popen.pid}.json"
+        self._bind_arg = bind_arg
+        self._record: ProcessRecord | None = None
+        self._stderr = stderr
+        self._stderr_lines = stderr_lines
+        self._stdout_drain = stdout_drain
+        self._stdio: StdioClient | None = None
+        self._http: HttpClient | None = None
+        if transport == "stdio":
+            assert popen.stdin is not None
+            assert popen.stdout is not None
+            self._stdio = StdioClient(popen.stdin, popen.stdout, stderr_tail=self.stderr_tail)
+        self._stop_result: StopResult | None = None
+
+    def __repr__(self) -> str:
+        return f"<ServerProcess pid={self.pid} transport={self.transport} {self.command!r}>"
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- what the server registered -------------------------------------------------
+
+    @property
+    def record(self) -> ProcessRecord:
+        """The server's record as read when it became ready."""
+        assert self._record is not None, "the server has not registered yet"
+        return self._record
+
+    @property
+    def url(self) -> str | None:
+        """``http://HOST:PORT/PATH`` from the record (HTTP), or None (stdio)."""
+        if self.transport != "http":
+            return None
+        record = self.record
+        bind = record.bind or self._bind_arg  # a server that does not record its address
+        return f"http://{bind}{record.http_path or '/mcp'}"
+
+    def _read_record(self) -> ProcessRecord | None:
+        """The record if it exists; :class:`RecordError` if it exists but is not valid."""
+        try:
+            data = self.record_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        record = ProcessRecord.from_json_bytes(data)
+        if record.pid != self.pid:
+            raise RecordError(f"record names pid {record.pid}, not {self.pid}")
+        return record
+
+    # --- MCP --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> McpClient:
+        """The MCP client for this server (stdio pipes or a Streamable HTTP session)."""
+        if self._stdio is not None:
+            return self._stdio
+        if self._http is None:
+            url = self.url
+            assert url is not None
+            self._http = HttpClient(url, stderr_tail=self.stderr_tail)
+        return self._http
+
+    def initialize(self, protocol_version: str = DEFAULT_PROTOCOL_VERSION) -> dict[str, Any]:
+        """Send ``initialize`` then ``notifications/initialized``; return the result."""
+        return self.client.initialize(protocol_version)
+
+    def request(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> Any:
+        """Send a request and return its result; :class:`McpError` on a JSON-RPC error."""
+        return self.client.request(method, params, timeout)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a notification."""
+        self.client.notify(method, params)
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """The server's tools (``tools/list``)."""
+        return self.client.list_tools()
+
+    def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call a tool; return its result object."""
+        return self.client.call_tool(name, arguments)
+
+    # --- the process ------------------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the server exited (and was reaped), else None."""
+        return self._popen.poll()
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines the server wrote to stderr."""
+        return self._stderr_lines.text(lines)
+
+    def child_pids(self) -> list[int]:
+        """PIDs of the server's live direct children."""
+        return [child.pid for child in self._children(recursive=False)]
+
+    def _children(self, *, recursive: bool) -> list[psutil.Process]:
+        # Rule: once reaped, the PID may name another process: an exited server has none.
+        if self._popen.poll() is not None:
+            return []
+        try:
+            children = self._proc.children(recursive=recursive)
+        except psutil.NoSuchProcess:
+            return []
+        return [child for child in children if not is_gone(child)]
+
+    def close_stdin(self) -> None:
+        """Close the server's stdin (stdio: the contract's first shutdown rung)."""
+        if self._stdio is not None:
+            self._stdio.close_stdin()
+        elif self._popen.stdin is not None:
+            self._popen.stdin.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server to exit and reap it; None if it still runs after ``timeout``."""
+        if timeout is not None and self._popen.returncode is None:
+            _wait_exit_event(self._popen.pid, timeout)
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send_signal(self, signum: int) -> bool:
+        """Send ``signum`` to the exact server PID; False (no-op) when it already exited."""
+        return self._signal(lambda: self._proc.send_signal(signum))
+
+    def _signal(self, send: Callable[[], None]) -> bool:
+        # Rule: signal only our own unreaped child, through psutil's create-time check.
+        if self._popen.poll() is not None:
+            return False
+        try:
+            send()
+        except psutil.NoSuchProcess:
+            return False
+        return True
+
+    def terminate(self) -> bool:
+        """SIGTERM the exact server PID; False (no-op) when it already exited."""
+        return self._signal(self._proc.terminate)
+
+    def kill(self) -> bool:
+        """SIGKILL the exact server PID; False (no-op) when it already exited."""
+        return self._signal(self._proc.kill)
+
+    def _ladder(self, timeout: float) -> Rung:
+        if self._popen.poll() is not None:
+            return "already_exited"
+        if self.transport == "stdio":
+            self.close_stdin()
+            if self.wait(timeout) is not None:
+                return "stdin_eof"
+        elif self._http is not None:
+            self._http.close()  # DELETE ends the MCP session first
+        self.terminate()
+        if self.wait(timeout) is not None:
+            return "sigterm"
+        self.kill()
+        self._popen.wait()  # SIGKILL cannot be refused; reap it
+        return "sigkill"
+
+    def stop(self, timeout: float = 10.0) -> StopResult:
+        """Stop the server by the contract's ladder; report how. Idempotent.
+
+        stdio: close stdin and wait; HTTP: DELETE the session, SIGTERM and wait; then
+        SIGTERM (stdio) and wait, then SIGKILL. Workers that survive are reported,
+        never killed here. Every pipe, thread and socket is closed afterwards.
+        """
+        if self._stop_result is not None:
+            return self._stop_result
+        started = time.monotonic()
+        workers = self._children(recursive=True)  # snapshot (with create times) before the ladder
+        try:
+            rung = self._ladder(timeout)
+        finally:
+            self._close_io()
+        survivors = wait_gone(workers, _WORKER_GRACE) if workers else []
+        self._stop_result = StopResult(
+            rung=rung,
+            returncode=self._popen.returncode,
+            record_removed=not self.record_path.exists(),
+            surviving_workers=tuple(proc.pid for proc in survivors),
+            elapsed=time.monotonic() - started,
+        )
+        return self._stop_result
+
+    def _close_io(self) -> None:
+        if self._popen.returncode is None:
+            # Only reached when the ladder itself failed: do not leave a child behind.
+            self.kill()
+            self._popen.wait()
+        if self._http is not None:
+            self._http.close()
+        if self._stdio is not None:
+            self._stdio.close()
+        elif self._popen.stdin is not None:
+            self._popen.stdin.close()
+        if self._stdout_drain is not None:
+            self._stdout_drain.close()
+        self._stderr.close()
+
+
+def _start(
+    argv: Sequence[str],
+    transport: Transport,
+    registry: Path,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+    bind_arg: str | None,
+) -> ServerProcess:
+    popen = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+    )
+    assert popen.stderr is not None
+    assert popen.stdout is not None
+    lines = _LineTail()
+    name = f"leanhost-stderr-{popen.pid}"
+    stderr = PipeLineReader(popen.stderr, lines.add, name=name, max_line=_MAX_TAIL_LINE)
+    drain = None
+    if transport == "http":
+        name = f"leanhost-stdout-{popen.pid}"
+        drain = PipeLineReader(popen.stdout, lines.add, name=name, max_line=_MAX_TAIL_LINE)
+    return ServerProcess(
+        popen,
+        command=argv,
+        transport=transport,
+        registry=registry,
+        stderr=stderr,
+        stderr_lines=lines,
+        stdout_drain=drain,
+        bind_arg=bind_arg,
+    )
+
+
+def _wait_ready(server: ServerProcess, ready_timeout: float) -> None:
+    """Poll until the record parses (and, for HTTP, the port accepts); raise on failure."""
+    backoff = _Backoff(ready_timeout)
+    while True:
+        status = server.returncode
+        if status is not None:
+            raise ServerStartError(f"exited with status {status} before it was ready", "exited")
+        record = _read_settled_record(server)
+        if record is not None and (server.transport != "http" or _http_ready(server, record)):
+            server._record = record
+            return
+        if backoff.expired():
+            what = "not registered" if record is None else "registered but its port refused"
+            raise ServerStartError(f"{what} within {ready_timeout:g} s", "timeout")
+        backoff.sleep()
+
+
+def _read_settled_record(server: ServerProcess) -> ProcessRecord | None:
+    """The record, None while absent; :class:`ServerStartError` if it stays invalid.
+
+    A record that does not parse is read once more after 20 ms: a server that writes
+    its record in place (not atomically) is not condemned for a half-written file.
+    """
+    try:
+        return server._read_record()
+    except RecordError:
+        time.sleep(0.02)
+    try:
+        return server._read_record()
+    except RecordError as exc:
+        raise ServerStartError(f"record present but corrupt: {exc}", "corrupt") from exc
+
+
+def _http_ready(server: ServerProcess, record: ProcessRecord) -> bool:
+    bind = record.bind or server._bind_arg
+    return bind is not None and _accepts(bind)
+
+
+def spawn_server(
+    command: Sequence[str],
+    *,
+    transport: Transport = "stdio",
+    registry: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    bind: str | None = None,
+    http_path: str | None = None,
+    ready_timeout: float = 30.0,
+) -> ServerProcess:
+    """Start ``command`` as a child server and return once it registered.
+
+    The child's environment is ``os.environ`` + ``env`` + the registry variable.
+    HTTP appends ``--bind HOST:PORT`` (a free loopback port unless ``bind`` is given)
+    and ``--http-path`` when given, and retries with a fresh port when the chosen one
+    was taken before the server bound it. Raises :class:`ServerStartError` (after
+    stopping and reaping the child) when it exits first, does not register within
+    ``ready_timeout`` seconds, or writes a corrupt record.
+    """
+    if transport not in ("stdio", "http"):
+        raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
+    registry_path = Path(registry)
+    child_env = {**os.environ, **(env or {}), REGISTRY_ENV: os.fspath(registry_path)}
+    attempts = 1 if transport == "stdio" or bind is not None else _PORT_RETRIES
+    for attempt in range(attempts):
+        argv = list(command)
+        port = None
+        bind_arg = None
+        if transport == "http":
+            if bind is None:
+                port = _free_loopback_port()
+            bind_arg = bind if bind is not None else f"127.0.0.1:{port}"
+            argv += ["--bind", bind_arg]
+            if http_path is not None:
+                argv += ["--http-path", http_path]
+        server = _start(argv, transport, registry_path, child_env, cwd, bind_arg)
+        try:
+            _wait_ready(server, ready_timeout)
+            return server
+        except ServerStartError as exc:
+            server.stop(_START_FAILURE_GRACE)
+            # Rule: retry only when the server died and our chosen port is now taken.
+            if (
+                port is not None
+                and exc.reason == "exited"
+                and attempt + 1 < attempts
+                and _port_taken(port)
+            ):
+                continue
+            raise ServerStartError(_describe_failure(server, exc), exc.reason) from None
+        except BaseException:
+            server.stop(_START_FAILURE_GRACE)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _describe_failure(server: ServerProcess, exc: ServerStartError) -> str:
+    tail = server.stderr_tail(20)
+    message = (
+        f"server {list(server.command)!r} (pid {server.pid}, registry {server.registry}) {exc}"
+    )
+    return f"{message}\n--- server stderr (last lines) ---\n{tail}" if tail else message
