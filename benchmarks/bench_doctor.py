@@ -26,9 +26,7 @@ from pytest_leanhost.record import ProcessRecord, write_record_atomically
 
 
 def start_idle_processes(count: int) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL) for _ in range(count)
-    ]
+    return [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL) for _ in range(count)]
 
 
 def write_records(registry: Path, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -61,12 +59,14 @@ def original_cost_per_record(procs: list[subprocess.Popen[bytes]]) -> float:
     start = time.perf_counter()
     for proc in sample:
         pid = str(proc.pid)
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": False}
-        subprocess.run(["kill", "-0", pid], **quiet)  # type: ignore[call-overload]
-        subprocess.run(["ps", "-o", "ppid=", "-p", pid], **quiet)  # type: ignore[call-overload]
-        subprocess.run(["ps", "-o", "pgid=", "-p", pid], **quiet)  # type: ignore[call-overload]
-        subprocess.run(["ps", "-axo", "pid=,ppid="], **quiet)  # type: ignore[call-overload]
-        subprocess.run(["kill", "-0", str(os.getpid())], **quiet)  # type: ignore[call-overload]
+        for argv in (
+            ["kill", "-0", pid],
+            ["ps", "-o", "ppid=", "-p", pid],
+            ["ps", "-o", "pgid=", "-p", pid],
+            ["ps", "-axo", "pid=,ppid="],
+            ["kill", "-0", str(os.getpid())],
+        ):
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return (time.perf_counter() - start) / len(sample)
 
 
@@ -80,8 +80,10 @@ def main() -> int:
     empty = tempfile.mkdtemp(prefix="leanhost-bench-empty-")
     base = time_command([*leanhost, empty], args.runs)
     print(f"empty registry (start-up and one process-table pass): {base * 1000:.1f} ms")
-    print(f"{'N':>6} {'processes':>9} {'median ms':>10} {'per record us':>14} "
-          f"{'(t-empty)/N us':>15} {'original est. s':>16}")
+    print(
+        f"{'N':>6} {'processes':>9} {'median ms':>10} {'per record us':>14} "
+        f"{'(t-empty)/N us':>15} {'original est. s':>16}"
+    )
     original_per_record = None
     for size in sizes:
         procs = start_idle_processes(size)

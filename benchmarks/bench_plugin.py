@@ -64,9 +64,7 @@ def bench_overhead(tests: int, runs: int, xdist: int) -> None:
 
 
 def bench_session_check(registries: int, records: int, runs: int) -> None:
-    procs = [
-        subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL) for _ in range(records)
-    ]
+    procs = [subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL) for _ in range(records)]
     try:
         with tempfile.TemporaryDirectory(prefix="leanhost-bench-check-") as tmp:
             root = Path(tmp)
