@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import psutil
@@ -119,6 +120,7 @@ class SessionScan:
     nodeids: dict[str, str | None]
     registries_checked: int
     records_checked: int
+    seconds: float = 0.0
 
 
 def scan_session(
@@ -138,6 +140,7 @@ def scan_session(
     ``only_worker``, marked processes count only when a test of that pytest-xdist
     worker started them (a worker judges its own tests' leftovers).
     """
+    started = time.perf_counter()
     excluded = {os.getpid(), *exclude_pids}
     look = _look(registries, session_id, excluded, only_worker)
     candidates = [_pid(item) for items in look.judged.values() for item in items if item.alive]
@@ -156,6 +159,7 @@ def scan_session(
         nodeids=dict(registries),
         registries_checked=len(registries),
         records_checked=sum(len(items) for items in look.judged.values()),
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -210,26 +214,30 @@ def _classify(
             )
         )
     for registry, items in look.judged.items():
+        foreign_registry = _foreign_registry(registry) if items else None
         for item in items:
             record = item.entry.record
             pid = record.pid if record is not None else _pid_from_name(item.path)
-            kind = _VERDICT_KIND[item.verdict]
-            proc = look.marked.get(pid) if pid is not None and item.alive else None
             if item.alive and pid is not None:
                 servers.add(pid)
+            foreign = foreign_registry or _foreign_record(item)
+            # A foreign record is reported, never acted on: no signal, no removal.
+            proc = look.marked.get(pid) if pid is not None and item.alive else None
+            if foreign is not None:
+                proc = None
             findings.append(
                 Finding(
-                    kind,
+                    _VERDICT_KIND[item.verdict],
                     registries[registry],
                     pid,
                     record.transport if record is not None else None,
                     item.path,
                     registry,
-                    detail=_detail(item),
+                    detail="; ".join(filter(None, [foreign, _detail(item)])),
                     worker=worker,
                     owned=proc is not None,
                     create_time=proc.create_time if proc is not None else None,
-                    data=item.entry.data,
+                    data=item.entry.data if foreign is None else None,
                 )
             )
     for pid, proc in sorted(look.marked.items()):
@@ -254,6 +262,24 @@ def _classify(
 def _pid(item: JudgedRecord) -> int:
     assert item.entry.record is not None  # only a valid record can be alive
     return item.entry.record.pid
+
+
+def _foreign_registry(registry: str) -> str | None:
+    """Why records in ``registry`` cannot be trusted to name our processes, if they cannot."""
+    try:
+        info = os.lstat(registry)
+    except OSError:
+        return None
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        return f"foreign: registry owned by uid {info.st_uid}"
+    if info.st_mode & 0o022:
+        return "foreign: registry writable by other users"
+    return None
+
+
+def _foreign_record(item: JudgedRecord) -> str | None:
+    uid = item.foreign_owner_uid
+    return None if uid is None else f"foreign: record owned by uid {uid}"
 
 
 def _pid_from_name(path: str) -> int | None:

@@ -187,6 +187,7 @@ class LeanhostPlugin:
                 "registries": sorted(registries),
                 "registries_checked": scan.registries_checked,
                 "records_checked": scan.records_checked,
+                "seconds": scan.seconds,
                 "doctor": self.doctor_lines,
             }
             return
@@ -202,6 +203,12 @@ class LeanhostPlugin:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self._write_outputs(state)
 
+    def check_seconds(self) -> float:
+        """Wall time of the session-end check: the slowest worker's, then the controller's."""
+        assert self.scan is not None
+        workers = [float(r.get("seconds", 0.0)) for r in self.worker_reports]
+        return max(workers, default=0.0) + self.scan.seconds
+
     def _write_outputs(self, state: SessionState) -> None:
         from pytest_leanhost.report import add_junit_failure, write_json_report
 
@@ -215,6 +222,7 @@ class LeanhostPlugin:
                 interrupted=self.interrupted,
                 registries_checked=registries + self.scan.registries_checked,
                 records_checked=records + self.scan.records_checked,
+                check_seconds=self.check_seconds(),
                 findings=self.findings,
             )
         xmlpath = getattr(self.config.option, "xmlpath", None)
@@ -247,7 +255,10 @@ class LeanhostPlugin:
                 for finding in failing:
                     tr.line(github_annotation(finding))
         elif tr.verbosity >= 0:
-            tr.line(f"leanhost: no leaks ({registries} registries checked)")
+            tr.line(
+                f"leanhost: no leaks ({registries} registries checked"
+                f" in {self.check_seconds() * 1000:.0f} ms)"
+            )
         if self.settings.doctor:
             tr.section("leanhost doctor", sep="=")
             for line in [*self.doctor_lines, *self._default_registry_lines()]:

@@ -75,6 +75,7 @@ def write_json_report(
     interrupted: bool,
     registries_checked: int,
     records_checked: int,
+    check_seconds: float,
     findings: Iterable[Finding],
 ) -> None:
     """Write the report document atomically (temporary file, then rename)."""
@@ -84,6 +85,7 @@ def write_json_report(
         "interrupted": interrupted,
         "registries_checked": registries_checked,
         "records_checked": records_checked,
+        "check_seconds": round(check_seconds, 6),
         "findings": [finding.to_json() for finding in findings],
     }
     target = os.fspath(path)

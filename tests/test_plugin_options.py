@@ -101,8 +101,10 @@ def test_the_report_is_written_also_when_nothing_leaked(pytester: pytest.Pyteste
         "interrupted": False,
         "registries_checked": 0,
         "records_checked": 0,
+        "check_seconds": data["check_seconds"],
         "findings": [],
     }
+    assert 0 < data["check_seconds"] < 60
 
 
 @pytest.mark.parametrize(

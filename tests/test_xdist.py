@@ -1,0 +1,127 @@
+"""Under pytest-xdist: one verdict on the controller, every leak once, crashed workers included."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pytest_leanhost.ownership import find_marked_processes
+from pytest_leanhost.probe import ProcessTable
+
+LEAKY = """
+import os, subprocess, sys
+import pytest
+
+HELD = []
+
+@pytest.mark.parametrize("n", range(4))
+def test_leaks_a_server(leanhost_server, n):
+    from pytest_leanhost.fixtures import reference_server_command
+    from pytest_leanhost.spawn import spawn_server
+    registry = os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]
+    transport = "http" if n % 2 else "stdio"
+    HELD.append(spawn_server(reference_server_command(), transport=transport, registry=registry))
+
+@pytest.mark.parametrize("n", range(4))
+def test_leaks_a_process(n):
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+
+@pytest.mark.parametrize("n", range(8))
+def test_clean(leanhost_server, n):
+    leanhost_server(transport="http" if n % 2 else "stdio").initialize()
+"""
+
+CLEAN = """
+import pytest
+
+@pytest.mark.parametrize("n", range(12))
+def test_clean(leanhost_server, n):
+    server = leanhost_server(transport="http" if n % 3 == 0 else "stdio")
+    server.initialize()
+    server.call_tool("echo", {"text": str(n)})
+"""
+
+CRASH = """
+import os, subprocess, sys
+
+HELD = []
+
+def test_crashes_its_worker(leanhost_server):
+    leanhost_server(transport="http")
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+    os._exit(1)  # the worker dies: no teardown, no worker output
+
+def test_after_the_crash():
+    pass
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> tuple[Any, dict[str, Any]]:
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "leanhost",
+        "-p",
+        "xdist",
+        "-p",
+        "no:randomly",
+        "-o",
+        "leanhost_grace=0.3",
+        "--leanhost-report",
+        str(report),
+        *args,
+    )
+    data: dict[str, Any] = json.loads(report.read_text())
+    assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
+    return result, data
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-n", "2"],
+        ["-n", "4"],
+        ["-n", "2", "--dist", "loadscope"],
+        ["-n", "2", "--dist", "loadgroup"],
+    ],
+    ids=["n2", "n4", "loadscope", "loadgroup"],
+)
+def test_leaks_spread_over_workers_are_reported_once_each(
+    pytester: pytest.Pytester, args: list[str]
+) -> None:
+    pytester.makepyfile(test_leaky=LEAKY)
+    result, data = run(pytester, *args)
+    assert result.ret == 1
+    found = sorted((f["nodeid"], f["kind"]) for f in data["findings"])
+    assert found == sorted(
+        [(f"test_leaky.py::test_leaks_a_server[{n}]", "leaked_server") for n in range(4)]
+        + [(f"test_leaky.py::test_leaks_a_process[{n}]", "leaked_process") for n in range(4)]
+    )
+    assert all(f["worker"] and f["worker"].startswith("gw") for f in data["findings"])
+    assert data["registries_checked"] == 12  # 4 leaky + 8 clean server tests, all workers
+    assert result.stdout.str().count("= leanhost =") == 1
+
+
+def test_a_clean_suite_under_four_workers_never_raises_a_false_alarm(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_clean=CLEAN)
+    for _ in range(10):
+        result, data = run(pytester, "-n", "4")
+        assert result.ret == 0, result.stdout.str()
+        assert data["findings"] == []
+        assert data["registries_checked"] == 12
+
+
+def test_a_crashed_worker_loses_no_finding(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_crash=CRASH)
+    result, data = run(pytester, "-n", "2")
+    assert result.ret == 1
+    found = sorted((f["nodeid"], f["kind"]) for f in data["findings"])
+    assert found == [
+        ("test_crash.py::test_crashes_its_worker", "leaked_process"),
+        ("test_crash.py::test_crashes_its_worker", "leaked_server"),
+    ]
+    assert {f["action"] for f in data["findings"]} == {"terminated"}
