@@ -218,9 +218,9 @@ def _classify(
         for item in items:
             record = item.entry.record
             pid = record.pid if record is not None else _pid_from_name(item.path)
-            if item.alive and pid is not None:
-                servers.add(pid)
             foreign = foreign_registry or _foreign_record(item)
+            if item.alive and pid is not None and foreign is None:
+                servers.add(pid)  # its marked descendants are part of this server's leak
             # A foreign record is reported, never acted on: no signal, no removal.
             proc = look.marked.get(pid) if pid is not None and item.alive else None
             if foreign is not None:

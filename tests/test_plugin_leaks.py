@@ -8,8 +8,10 @@ status, and that afterwards nothing carrying that run's session id is alive.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +304,71 @@ def test_clean():
     ]
     assert {f["worker"] for f in data["findings"]} <= {"gw0", "gw1"}
     assert_nothing_left(data)
+
+
+PLANT = """
+import os, time
+from pathlib import Path
+from pytest_leanhost.record import ProcessRecord, write_record_atomically
+
+def plant(pid, started_millis, owner=None, registry_mode=None):
+    registry = Path(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
+    registry.mkdir(parents=True, exist_ok=True)
+    if registry_mode is not None:
+        registry.chmod(registry_mode)
+    path = registry / f"{pid}.json"
+    record = ProcessRecord(pid, "/bin/x", "/", started_millis, None, None, "stdio")
+    write_record_atomically(path, record.to_json_bytes())
+    if owner is not None:
+        os.chown(path, owner, owner)
+"""
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process the inner run did not start; killed by exact PID at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a record another owner")
+def test_a_record_owned_by_another_user_is_foreign_and_never_acted_on(
+    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes]
+) -> None:
+    body = PLANT + (
+        f"def test_plants():\n    plant({stranger.pid}, int(time.time() * 1000), owner=65534)\n"
+    )
+    result, data = run_suite(pytester, body)
+    assert result.ret == 1
+    (finding,) = data["findings"]
+    assert finding["kind"] == "leaked_server"
+    assert finding["detail"] == "foreign: record owned by uid 65534"
+    assert finding["action"] == "none"
+    assert Path(finding["record"]).exists()  # not removed
+    assert stranger.poll() is None  # not signalled
+
+
+def test_a_record_in_a_registry_others_can_write_is_foreign(pytester: pytest.Pytester) -> None:
+    body = PLANT + "def test_plants():\n    plant(4_000_000, 1, registry_mode=0o777)\n"
+    result, data = run_suite(pytester, body)
+    assert result.ret == 1
+    (finding,) = data["findings"]
+    assert finding["kind"] == "stale_record"
+    assert finding["detail"] == "foreign: registry writable by other users"
+    assert finding["action"] == "none"
+    assert Path(finding["record"]).exists()
+
+
+def test_a_pid_reused_by_a_stranger_is_a_stale_record_and_the_stranger_lives(
+    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes]
+) -> None:
+    created = psutil.Process(stranger.pid).create_time()
+    body = PLANT + f"def test_plants():\n    plant({stranger.pid}, {int((created - 60) * 1000)})\n"
+    result, data = run_suite(pytester, body)
+    assert result.ret == 1
+    (finding,) = data["findings"]
+    assert (finding["kind"], finding["action"]) == ("stale_record", "record_removed")
+    assert finding["detail"] == "PID reused by a younger process"
+    assert stranger.poll() is None
