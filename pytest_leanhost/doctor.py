@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pytest_leanhost.probe import JudgedRecord, ProcessTable, judge_entries
+from pytest_leanhost.probe import JudgedRecord, ProcessTable, judge_entries, registry_trust
 from pytest_leanhost.record import ProcessRecord
 from pytest_leanhost.registry import read_entry, scan_registry
 
@@ -44,7 +44,8 @@ def inspect_registry(
     Raises :class:`~pytest_leanhost.registry.RegistryUnreadableError` when the
     registry exists but cannot be listed; a missing registry has no records.
     """
-    return judge_entries(scan_registry(directory), table)
+    entries = scan_registry(directory)
+    return judge_entries(entries, table, registry_trust(directory) if entries else None)
 
 
 def _yes_no(value: bool | None) -> str:
@@ -60,9 +61,7 @@ def render_lines(judged: JudgedRecord) -> list[str]:
     record = judged.entry.record
     if record is None:
         lines = [f"record={judged.path}", f"  corrupt_record={judged.entry.problem}"]
-        if judged.foreign_owner_uid is not None:
-            lines.append(f"  foreign_owner_uid={judged.foreign_owner_uid}")
-        return lines
+        return lines + _foreign_lines(judged)
     lines = [
         f"pid={record.pid} alive={str(judged.alive).lower()}"
         f" executable_match={_yes_no(judged.executable_match)}"
@@ -80,15 +79,22 @@ def render_lines(judged: JudgedRecord) -> list[str]:
         lines.append("  child_pids=" + ",".join(str(pid) for pid in judged.child_pids))
     if not judged.alive:
         lines.append(f"  stale_record_cleanup={CLEANUP_HINT}")
-    elif judged.stale_client and judged.foreign_owner_uid is None:
+    elif judged.stale_client and not judged.foreign:
         # Never suggest a kill on the word of a record another user could have written.
         lines.append(f"  exact_terminate=kill -TERM {record.pid}")
     if judged.zombie:
         lines.append("  zombie=yes")
     if judged.pid_reused:
         lines.append("  pid_reused=yes")
+    return lines + _foreign_lines(judged)
+
+
+def _foreign_lines(judged: JudgedRecord) -> list[str]:
+    lines = []
     if judged.foreign_owner_uid is not None:
         lines.append(f"  foreign_owner_uid={judged.foreign_owner_uid}")
+    if judged.foreign_registry is not None:
+        lines.append(f"  foreign_registry={judged.foreign_registry}")
     return lines
 
 
@@ -120,6 +126,7 @@ def record_as_dict(judged: JudgedRecord) -> dict[str, Any]:
         "zombie": judged.zombie,
         "pid_reused": judged.pid_reused,
         "foreign_owner_uid": judged.foreign_owner_uid,
+        "foreign_registry": judged.foreign_registry,
     }
 
 

@@ -214,11 +214,10 @@ def _classify(
             )
         )
     for registry, items in look.judged.items():
-        foreign_registry = _foreign_registry(registry) if items else None
         for item in items:
             record = item.entry.record
             pid = record.pid if record is not None else _pid_from_name(item.path)
-            foreign = foreign_registry or _foreign_record(item)
+            foreign = _foreign(item)
             if item.alive and pid is not None and foreign is None:
                 servers.add(pid)  # its marked descendants are part of this server's leak
             # A foreign record is reported, never acted on: no signal, no removal.
@@ -264,22 +263,14 @@ def _pid(item: JudgedRecord) -> int:
     return item.entry.record.pid
 
 
-def _foreign_registry(registry: str) -> str | None:
-    """Why records in ``registry`` cannot be trusted to name our processes, if they cannot."""
-    try:
-        info = os.lstat(registry)
-    except OSError:
-        return None
-    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        return f"foreign: registry owned by uid {info.st_uid}"
-    if info.st_mode & 0o022:
+def _foreign(item: JudgedRecord) -> str | None:
+    if item.foreign_registry == "writable_by_others":
         return "foreign: registry writable by other users"
+    if item.foreign_registry is not None:
+        return "foreign: registry owned by uid " + item.foreign_registry.rsplit("_", 1)[1]
+    if item.foreign_owner_uid is not None:
+        return f"foreign: record owned by uid {item.foreign_owner_uid}"
     return None
-
-
-def _foreign_record(item: JudgedRecord) -> str | None:
-    uid = item.foreign_owner_uid
-    return None if uid is None else f"foreign: record owned by uid {uid}"
 
 
 def _pid_from_name(path: str) -> int | None:

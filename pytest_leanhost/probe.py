@@ -24,6 +24,7 @@ __all__ = [
     "ProcessTable",
     "judge_entries",
     "judge_entry",
+    "registry_trust",
 ]
 
 #: A live PID whose process was created more than this many seconds after the
@@ -178,6 +179,12 @@ class JudgedRecord:
     zombie: bool = False
     pid_reused: bool = False
     foreign_owner_uid: int | None = None
+    foreign_registry: str | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """Whether someone else could have written this record: never act on its word."""
+        return self.foreign_owner_uid is not None or self.foreign_registry is not None
 
     @property
     def path(self) -> str:
@@ -216,12 +223,31 @@ class JudgedRecord:
         return self.verdict != "alive"
 
 
-def judge_entry(entry: RegistryEntry, table: ProcessTable) -> JudgedRecord:
+def registry_trust(directory: str | os.PathLike[str]) -> str | None:
+    """Why records in ``directory`` may not be this user's own, or ``None`` when they are.
+
+    ``owner_uid_N`` when another user owns the directory, ``writable_by_others``
+    when its group or other users may write into it.
+    """
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        return f"owner_uid_{info.st_uid}"
+    if info.st_mode & 0o022:
+        return "writable_by_others"
+    return None
+
+
+def judge_entry(
+    entry: RegistryEntry, table: ProcessTable, foreign_registry: str | None = None
+) -> JudgedRecord:
     """Judge one registry entry against a process-table snapshot."""
     foreign = _foreign_owner(entry.owner_uid)
     record = entry.record
     if record is None:
-        return JudgedRecord(entry, foreign_owner_uid=foreign)
+        return JudgedRecord(entry, foreign_owner_uid=foreign, foreign_registry=foreign_registry)
     started = record.started_unix_millis / 1000.0
     info = table.get(record.pid)
     zombie = info is not None and info.zombie
@@ -241,6 +267,7 @@ def judge_entry(entry: RegistryEntry, table: ProcessTable) -> JudgedRecord:
             zombie=zombie,
             pid_reused=reused,
             foreign_owner_uid=foreign,
+            foreign_registry=foreign_registry,
         )
     return JudgedRecord(
         entry,
@@ -251,18 +278,21 @@ def judge_entry(entry: RegistryEntry, table: ProcessTable) -> JudgedRecord:
         parent_alive_at_start=parent_alive,
         child_pids=tuple(table.children(record.pid)),
         foreign_owner_uid=foreign,
+        foreign_registry=foreign_registry,
     )
 
 
 def judge_entries(
-    entries: Iterable[RegistryEntry], table: ProcessTable | None = None
+    entries: Iterable[RegistryEntry],
+    table: ProcessTable | None = None,
+    foreign_registry: str | None = None,
 ) -> list[JudgedRecord]:
     """Judge entries against one snapshot, sorted as the original sorts them (by PID).
 
     Corrupt entries, which have no PID, follow the records, by path.
     """
     snapshot = ProcessTable.snapshot() if table is None else table
-    judged = [judge_entry(entry, snapshot) for entry in entries]
+    judged = [judge_entry(entry, snapshot, foreign_registry) for entry in entries]
     return sorted(judged, key=_sort_key)
 
 

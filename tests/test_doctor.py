@@ -311,3 +311,15 @@ def test_one_snapshot_serves_every_record(tmp_path: Path, children: Children) ->
         info = table.get(server.pid)
         assert info is not None
         assert info.create_time == psutil.Process(server.pid).create_time()
+
+
+def test_a_registry_others_can_write_gets_no_kill_suggestion(
+    tmp_path: Path, children: Children
+) -> None:
+    server = children.orphaned_server(tmp_path)
+    tmp_path.chmod(0o777)
+    judged = only(tmp_path)
+    assert judged.stale_client is True
+    assert judged.foreign_registry == "writable_by_others"
+    assert render_lines(judged)[1:] == ["  foreign_registry=writable_by_others"]
+    assert server.is_running()  # judged, never signalled
