@@ -9,11 +9,16 @@ Run by hand: ``python benchmarks/bench_plugin.py`` (``--runs``, ``--tests``,
 2. The session-end check alone: 2000 test registries of which 200 hold a
    record of a live process, judged by ``scan_session`` (grace 0, so the
    figure is the scan, not the wait), median of several runs.
+3. With ``--servers N``: a suite of N tests, each starting a reference server
+   (stdio and HTTP alternating) through ``leanhost_server``, initializing it,
+   calling a tool and stopping it; reports servers per second (whole run) and
+   the session-end check time from the report (``--xdist`` applies).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -98,16 +103,53 @@ def bench_session_check(registries: int, records: int, runs: int) -> None:
     )
 
 
+SERVER_SUITE = """
+import pytest
+
+@pytest.mark.parametrize("n", range({count}))
+def test_server(leanhost_server, n):
+    server = leanhost_server(transport="http" if n % 2 else "stdio")
+    server.initialize()
+    server.call_tool("echo", {{"text": "x"}})
+"""
+
+
+def bench_servers(count: int, xdist: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="leanhost-bench-servers-") as tmp:
+        suite = Path(tmp)
+        (suite / "test_servers.py").write_text(SERVER_SUITE.format(count=count))
+        report = suite / "report.json"
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "leanhost"]
+        args += ["--leanhost-report", str(report)]
+        if xdist:
+            args += ["-p", "xdist", "-n", str(xdist)]
+        env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        start = time.perf_counter()
+        subprocess.run(args, cwd=suite, env=env, stdout=subprocess.DEVNULL, check=True)
+        wall = time.perf_counter() - start
+        data = json.loads(report.read_text())
+    assert data["findings"] == [], data["findings"]
+    mode = f"-n {xdist}" if xdist else "one process"
+    print(
+        f"{count} server tests ({mode}): {wall:.1f} s wall, {count / wall:.1f} servers/s, "
+        f"session-end check {data['check_seconds'] * 1000:.1f} ms over "
+        f"{data['registries_checked']} registries"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=2000, help="trivial tests in the suite")
     parser.add_argument("--runs", type=int, default=7, help="runs per variant (median)")
     parser.add_argument("--xdist", type=int, default=0, help="pytest-xdist workers (0: none)")
     parser.add_argument("--skip-suite", action="store_true", help="only the session-end check")
+    parser.add_argument("--servers", type=int, default=0, help="also run N real server tests")
     args = parser.parse_args()
     if not args.skip_suite:
         bench_overhead(args.tests, args.runs, args.xdist)
     bench_session_check(2000, 200, max(args.runs, 5))
+    if args.servers:
+        bench_servers(args.servers, args.xdist)
     return 0
 
 
