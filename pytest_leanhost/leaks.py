@@ -25,21 +25,11 @@ from pytest_leanhost.processes import wait_gone
 from pytest_leanhost.registry import RegistryUnreadableError, read_entry
 
 __all__ = [
-    "LEAK_KINDS",
     "Finding",
     "SessionScan",
     "clean_up",
     "scan_session",
 ]
-
-#: Every kind of leak, in the order the report lists them.
-LEAK_KINDS = (
-    "stale_record",
-    "orphaned_server",
-    "leaked_server",
-    "leaked_process",
-    "corrupt_record",
-)
 
 _VERDICT_KIND = {
     "stale": "stale_record",

@@ -25,6 +25,7 @@ from pytest_leanhost.fixtures import (
     leanhost_server,
     leanhost_server_command,
 )
+from pytest_leanhost.kinds import LEAK_KINDS
 from pytest_leanhost.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 from pytest_leanhost.settings import SETTINGS_KEY, Settings, add_options, read_settings
@@ -32,15 +33,6 @@ from pytest_leanhost.state import STATE_KEY, SessionState
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
     from pytest_leanhost.leaks import Finding, SessionScan
-
-#: The leak kinds (as in pytest_leanhost.leaks, which loads only at session end).
-LEAK_KINDS = (
-    "stale_record",
-    "orphaned_server",
-    "leaked_server",
-    "leaked_process",
-    "corrupt_record",
-)
 
 __all__ = [
     "leanhost_doctor",
