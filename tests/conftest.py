@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.children import Children
+from tests.inner_runs import InnerPytest
 
 
 @pytest.fixture
@@ -17,3 +18,13 @@ def children() -> Iterator[Children]:
         yield tracker
     finally:
         tracker.close()
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[InnerPytest]:
+    """Inner runs for this test; whatever they left alive is killed at teardown, pass or fail."""
+    runner = InnerPytest(pytester, monkeypatch)
+    try:
+        yield runner
+    finally:
+        runner.kill_leftovers()
