@@ -24,6 +24,7 @@ __all__ = [
     "MarkedProcess",
     "find_marked_processes",
     "new_session_id",
+    "processes_carrying",
 ]
 
 #: The session id every process of the test run inherits.
@@ -52,14 +53,21 @@ class MarkedProcess:
 def find_marked_processes(
     session_id: str, table: ProcessTable, *, exclude: Iterable[int] = ()
 ) -> dict[int, MarkedProcess]:
-    """Every live, non-zombie process in ``table`` that carries ``session_id``.
+    """Every live, non-zombie process in ``table`` that carries ``session_id``."""
+    return processes_carrying(SESSION_ENV, session_id, table, exclude=exclude)
+
+
+def processes_carrying(
+    name: str, value: str, table: ProcessTable, *, exclude: Iterable[int] = ()
+) -> dict[int, MarkedProcess]:
+    """Every live, non-zombie process in ``table`` whose starting environment has ``name=value``.
 
     Reads each process's starting environment once; processes that are gone or
     not ours to read are skipped (they cannot carry our marker: a process we
     started runs as our user).
     """
     excluded = set(exclude)
-    marker = f"{SESSION_ENV}={session_id}".encode()
+    marker = f"{name}={value}".encode()
     found: dict[int, MarkedProcess] = {}
     for info in table:
         if info.zombie or info.pid in excluded:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,21 @@ import pytest
 
 from pytest_leanhost.ownership import find_marked_processes
 from pytest_leanhost.probe import ProcessTable
+from tests.inner_runs import InnerPytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_with_report(pytester: pytest.Pytester, *args: str) -> tuple[Any, dict[str, Any]]:
-    report = pytester.path / "report.json"
-    result = pytester.runpytest_subprocess(
-        "-p", "leanhost", "-p", "no:randomly", "--leanhost-report", str(report), *args
-    )
-    return result, json.loads(report.read_text())
+def run_with_report(inner: InnerPytest, *args: str) -> tuple[Any, dict[str, Any]]:
+    run = inner.run(*args)
+    return run.result, run.report
 
 
-def test_every_leak_kind_is_caught_over_each_transport(pytester: pytest.Pytester) -> None:
+def test_every_leak_kind_is_caught_over_each_transport(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
     shutil.copy(EXAMPLES / "leaky" / "test_leaky.py", pytester.path / "test_leaky.py")
-    result, data = run_with_report(pytester)
+    result, data = run_with_report(inner)
     assert result.ret == 1
     found = sorted((f["kind"], f["nodeid"], f["action"]) for f in data["findings"])
     leaky = "test_leaky.py::"
@@ -45,6 +44,7 @@ def test_every_leak_kind_is_caught_over_each_transport(pytester: pytest.Pytester
     assert transports[leaky + "test_stale_record[stdio]"] == "stdio"
     # Afterwards: no process carrying that session id, no record left in its registries.
     assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
+    assert inner.leftovers() == []
     for finding in data["findings"]:
         if finding["registry"] is not None:
             assert list(Path(finding["registry"]).glob("*.json")) == []
@@ -53,10 +53,12 @@ def test_every_leak_kind_is_caught_over_each_transport(pytester: pytest.Pytester
     )
 
 
-def test_the_example_suites_pass_and_print_the_doctor_section(pytester: pytest.Pytester) -> None:
+def test_the_example_suites_pass_and_print_the_doctor_section(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
     for suite in ("refserver_suite", "sdk_suite", "sdk_server"):
         shutil.copytree(EXAMPLES / suite, pytester.path / suite)
-    result, data = run_with_report(pytester, "--leanhost-doctor", "refserver_suite", "sdk_suite")
+    result, data = run_with_report(inner, "--leanhost-doctor", "refserver_suite", "sdk_suite")
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=10)
     assert data["findings"] == []
@@ -83,11 +85,11 @@ def test_server(leanhost_server, n):
 
 
 def test_a_clean_suite_of_fifty_servers_never_raises_a_false_alarm(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, inner: InnerPytest
 ) -> None:
     pytester.makepyfile(test_clean=CLEAN_SUITE)
     for _ in range(10):
-        result, data = run_with_report(pytester, "-q")
+        result, data = run_with_report(inner, "-q")
         assert result.ret == 0, result.stdout.str()
         assert data["findings"] == []
         assert data["registries_checked"] == 50

@@ -4,13 +4,11 @@ and under pytest-xdist, gives exactly its leak kind; the same steps without it g
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from pytest_leanhost.ownership import find_marked_processes
-from pytest_leanhost.probe import ProcessTable
+from tests.inner_runs import InnerPytest
 
 # Each inner test runs the same steps with and without its fault ("fault"/"control").
 SUITE = '''
@@ -108,34 +106,20 @@ EXPECTED = {
 }
 
 
-def run_matrix(pytester: pytest.Pytester, *args: str) -> dict[str, Any]:
-    pytester.makepyfile(test_matrix=SUITE)
-    report = pytester.path / "report.json"
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "leanhost",
-        "-p",
-        "no:randomly",
-        "-o",
-        "leanhost_shutdown_timeout=0.5",
-        "-o",
-        "leanhost_grace=0.5",
-        "--leanhost-report",
-        str(report),
-        *args,
-    )
-    assert result.ret == 1, result.stdout.str()
-    result.assert_outcomes(passed=20)
-    data: dict[str, Any] = json.loads(report.read_text())
-    return data
+def run_matrix(inner: InnerPytest, *args: str) -> dict[str, Any]:
+    inner.pytester.makepyfile(test_matrix=SUITE)
+    run = inner.run("-o", "leanhost_shutdown_timeout=0.5", "-o", "leanhost_grace=0.5", *args)
+    assert run.result.ret == 1, run.result.stdout.str()
+    run.result.assert_outcomes(passed=20)
+    inner.assert_nothing_left(run)
+    return run.report
 
 
 @pytest.mark.parametrize("xdist", [[], ["-p", "xdist", "-n", "2"]], ids=["single", "xdist"])
 def test_each_fault_gives_exactly_its_leak_kind(
-    pytester: pytest.Pytester, xdist: list[str]
+    pytester: pytest.Pytester, inner: InnerPytest, xdist: list[str]
 ) -> None:
-    data = run_matrix(pytester, *xdist)
+    data = run_matrix(inner, *xdist)
     found = {(f["nodeid"].split("::")[1], f["kind"], f["action"]) for f in data["findings"]}
     assert found == EXPECTED
     assert len(data["findings"]) == len(EXPECTED)  # each leak once, nothing else
-    assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}

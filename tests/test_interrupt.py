@@ -7,22 +7,19 @@ report says ``"interrupted": true``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pytest_leanhost.ownership import find_marked_processes
 from pytest_leanhost.probe import ProcessTable
 from tests.children import poll
+from tests.inner_runs import InnerPytest
 
 SUITE = """
 import os, subprocess, sys, time
@@ -41,48 +38,16 @@ def test_never_reached():
     pass
 """
 
-TOKEN_ENV = "LEANHOST_INTERRUPT_TEST_TOKEN"
-
-
-def processes_carrying(token: str) -> list[psutil.Process]:
-    """Every live process whose starting environment carries ``token`` (never by name)."""
-    entry = f"{TOKEN_ENV}={token}".encode()
-    found = []
-    for info in ProcessTable.snapshot():
-        try:
-            with open(f"/proc/{info.pid}/environ", "rb") as handle:
-                environ = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if entry in environ and not info.zombie:
-            try:
-                proc = psutil.Process(info.pid)
-            except psutil.NoSuchProcess:
-                continue
-            if proc.create_time() == info.create_time:
-                found.append(proc)
-    return found
-
-
-@pytest.fixture
-def token() -> Iterator[str]:
-    """A marker for everything this test's inner pytest starts; all of it is killed at the end."""
-    value = uuid.uuid4().hex
-    yield value
-    for proc in processes_carrying(value):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()  # psutil checks the create time first
-
 
 @pytest.mark.parametrize("xdist", [[], ["-p", "xdist", "-n", "2"]], ids=["single", "xdist"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_stops_every_process_it_started(
-    pytester: pytest.Pytester, token: str, signum: signal.Signals, xdist: list[str]
+    pytester: pytest.Pytester, inner: InnerPytest, signum: signal.Signals, xdist: list[str]
 ) -> None:
     pytester.makepyfile(test_inner=SUITE)
     ready = pytester.path / "ready"
     report = pytester.path / "report.json"
-    env = {**os.environ, "READY_FILE": str(ready), TOKEN_ENV: token}
+    env = {**os.environ, "READY_FILE": str(ready)}  # carries the inner-run marker too
     command = [sys.executable, "-m", "pytest", "-p", "leanhost", "-p", "no:randomly"]
     command += ["-o", "leanhost_grace=0.3", "--leanhost-report", str(report), *xdist]
     command += [f"--basetemp={pytester.path / 'basetemp'}"]
@@ -102,7 +67,7 @@ def test_an_interrupted_run_stops_every_process_it_started(
     data = json.loads(Path(report).read_text())
     assert data["interrupted"] is True
     assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
-    assert processes_carrying(token) == []
+    assert inner.leftovers() == []
     registries = pytester.path / "basetemp" / "leanhost" / "registries"
     assert registries.is_dir()  # the servers registered there, so the check below means something
     assert not list(registries.glob("*/*.json"))

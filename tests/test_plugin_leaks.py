@@ -7,7 +7,6 @@ status, and that afterwards nothing carrying that run's session id is alive.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from pytest_leanhost.ownership import find_marked_processes
 from pytest_leanhost.probe import ProcessTable
+from tests.inner_runs import InnerPytest
 
 # Inner-suite helpers: a registering stdio server held open by the test.
 SERVER = '''
@@ -42,268 +42,23 @@ def start_server(*args):
 '''
 
 
-def run_suite(pytester: pytest.Pytester, body: str, *args: str) -> tuple[Any, dict[str, Any]]:
+def run_suite(inner: InnerPytest, body: str, *args: str) -> tuple[Any, dict[str, Any]]:
     """Run ``body`` as a test module with the plugin; returns the result and the JSON report."""
-    pytester.makepyfile(test_suite=SERVER + body)
-    report = pytester.path / "leanhost-report.json"
-    # A short grace keeps these runs quick; the grace itself has a test of its own.
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "leanhost",
-        "-p",
-        "no:randomly",
-        "-o",
-        "leanhost_grace=0.4",
-        "--leanhost-report",
-        str(report),
-        *args,
-    )
-    data = json.loads(report.read_text())
-    return result, data
+    inner.pytester.makepyfile(test_suite=SERVER + body)
+    run = inner.run(*args)
+    return run.result, run.report
 
 
 def assert_nothing_left(data: dict[str, Any]) -> None:
     """No process carrying the run's session id is alive, no finding's record remains."""
     assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
     for finding in data["findings"]:
-        if finding["pid"] is not None and finding["action"] in ("terminated", "killed"):
-            assert not psutil.pid_exists(finding["pid"]) or (
-                psutil.Process(finding["pid"]).status() == psutil.STATUS_ZOMBIE
-            )
         if finding["record"] is not None and finding["action"] != "none":
             assert not Path(finding["record"]).exists()
 
 
 def kinds(data: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted((f["kind"], f["nodeid"]) for f in data["findings"])
-
-
-def test_a_clean_suite_passes_with_no_findings(pytester: pytest.Pytester) -> None:
-    result, data = run_suite(
-        pytester,
-        """
-def test_server_closed_properly():
-    child = start_server()
-    child.stdin.close()
-    assert child.wait(10) == 0
-    child.stdout.close()
-    HELD.remove(child)
-
-def test_nothing():
-    pass
-""",
-    )
-    assert result.ret == 0
-    result.stdout.fnmatch_lines(["leanhost: no leaks (1 registries checked in * ms)"])
-    assert data["findings"] == []
-    assert data["registries_checked"] == 1
-    assert data["interrupted"] is False
-
-
-def test_a_held_server_is_a_leaked_server_and_is_terminated(pytester: pytest.Pytester) -> None:
-    result, data = run_suite(pytester, "def test_leaks_server():\n    start_server()\n")
-    assert result.ret == 1
-    assert kinds(data) == [("leaked_server", "test_suite.py::test_leaks_server")]
-    (finding,) = data["findings"]
-    assert finding["transport"] == "stdio"
-    assert finding["action"] == "terminated"
-    result.stdout.fnmatch_lines(
-        [
-            "*= leanhost =*",
-            "leaked_server test_suite.py::test_leaks_server pid=* transport=stdio record=*"
-            " action=terminated",
-        ]
-    )
-    assert "1 passed" in result.stdout.str()
-    assert_nothing_left(data)
-
-
-def test_a_forgotten_subprocess_is_a_leaked_process(pytester: pytest.Pytester) -> None:
-    body = """
-def test_forgets_a_child():
-    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("leaked_process", "test_suite.py::test_forgets_a_child")]
-    assert data["findings"][0]["record"] is None
-    assert data["findings"][0]["action"] == "terminated"
-    assert_nothing_left(data)
-
-
-def test_a_daemonized_grandchild_is_found_by_its_marker(pytester: pytest.Pytester) -> None:
-    body = """
-def test_double_fork():
-    code = "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    time.sleep(120)"
-    subprocess.run([sys.executable, "-c", code], check=True)
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("leaked_process", "test_suite.py::test_double_fork")]
-    assert_nothing_left(data)
-
-
-def test_a_killed_server_leaves_a_stale_record_that_is_removed(pytester: pytest.Pytester) -> None:
-    body = """
-def test_kills_its_server():
-    child = start_server()
-    child.kill()
-    child.wait()
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("stale_record", "test_suite.py::test_kills_its_server")]
-    assert data["findings"][0]["action"] == "record_removed"
-    assert_nothing_left(data)
-
-
-def test_a_server_whose_client_died_is_an_orphaned_server(pytester: pytest.Pytester) -> None:
-    body = '''
-def test_orphans_a_server():
-    launcher = """
-import subprocess, sys
-child = subprocess.Popen([sys.executable, "-c", sys.argv[1], "sleep"], stdout=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(child.stdout.readline().decode().strip(), flush=True)
-"""
-    out = subprocess.run([sys.executable, "-c", launcher, SERVER_CODE], capture_output=True,
-                         text=True, check=True).stdout
-    assert int(out)
-'''
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("orphaned_server", "test_suite.py::test_orphans_a_server")]
-    assert data["findings"][0]["action"] == "terminated"
-    assert_nothing_left(data)
-
-
-def test_a_file_that_is_no_record_is_a_corrupt_record(pytester: pytest.Pytester) -> None:
-    body = """
-import os
-def test_writes_garbage():
-    registry = os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]
-    os.makedirs(registry, exist_ok=True)
-    with open(os.path.join(registry, "123.json"), "w") as handle:
-        handle.write("{ not json")
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("corrupt_record", "test_suite.py::test_writes_garbage")]
-    (finding,) = data["findings"]
-    assert finding["action"] == "record_removed"
-    assert finding["pid"] == 123
-    assert finding["detail"].startswith("not JSON")
-
-
-def test_a_planted_record_of_a_foreign_process_fails_the_run_but_is_never_signalled(
-    pytester: pytest.Pytester,
-) -> None:
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        body = f"""
-import os, time
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
-from pathlib import Path
-def test_plants_a_record():
-    registry = Path(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
-    registry.mkdir(parents=True)
-    record = ProcessRecord({stranger.pid}, "/bin/x", "/", 1, None, None, "stdio")
-    record = ProcessRecord(**{{**record.__dict__, "started_unix_millis": int(time.time() * 1000)}})
-    write_record_atomically(registry / "{stranger.pid}.json", record.to_json_bytes())
-"""
-        result, data = run_suite(pytester, body)
-        assert result.ret == 1
-        assert kinds(data) == [("leaked_server", "test_suite.py::test_plants_a_record")]
-        assert data["findings"][0]["action"] == "none"
-        assert stranger.poll() is None  # alive: the run did not start it, so never signalled
-    finally:
-        stranger.kill()
-        stranger.wait()
-
-
-def test_allowed_kinds_are_reported_and_cleaned_but_do_not_fail(pytester: pytest.Pytester) -> None:
-    body = """
-import pytest
-@pytest.mark.leanhost_allow("leaked_server")
-def test_allowed():
-    start_server()
-
-@pytest.mark.leanhost_allow()
-def test_all_allowed():
-    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 0
-    assert [f["allowed"] for f in data["findings"]] == [True, True]
-    assert {f["action"] for f in data["findings"]} == {"terminated"}
-    result.stdout.fnmatch_lines(["leaked_server * [[]allowed[]]"])
-    assert_nothing_left(data)
-
-
-def test_an_allowed_kind_does_not_cover_another_kind(pytester: pytest.Pytester) -> None:
-    body = """
-import pytest
-@pytest.mark.leanhost_allow("stale_record")
-def test_not_allowed():
-    start_server()
-"""
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert data["findings"][0]["allowed"] is False
-
-
-def test_a_descendant_that_exits_within_the_grace_is_not_a_leak(pytester: pytest.Pytester) -> None:
-    body = """
-def test_short_lived_helper():
-    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"]))
-"""
-    result, data = run_suite(pytester, body, "-o", "leanhost_grace=1")
-    assert result.ret == 0, result.stdout.str()
-    assert data["findings"] == []
-
-
-def test_keep_leaks_reports_without_cleaning(pytester: pytest.Pytester) -> None:
-    result, data = run_suite(
-        pytester, "def test_leaks_server():\n    start_server('sleep')\n", "--leanhost-keep-leaks"
-    )
-    (finding,) = data["findings"]
-    try:
-        assert result.ret == 1
-        assert finding["action"] == "none"
-        assert Path(finding["record"]).exists()
-    finally:
-        # The run left it on purpose; it carries the run's session id, so it is ours to stop.
-        for proc in find_marked_processes(data["session_id"], ProcessTable.snapshot()).values():
-            psutil.Process(proc.pid).kill()
-
-
-def test_a_failing_test_still_gets_its_leaks_found(pytester: pytest.Pytester) -> None:
-    body = "def test_fails():\n    start_server()\n    assert False\n"
-    result, data = run_suite(pytester, body)
-    assert result.ret == 1
-    assert kinds(data) == [("leaked_server", "test_suite.py::test_fails")]
-    assert_nothing_left(data)
-
-
-def test_leaks_are_found_under_xdist(pytester: pytest.Pytester) -> None:
-    body = """
-def test_one():
-    start_server()
-
-def test_two():
-    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
-
-def test_clean():
-    pass
-"""
-    result, data = run_suite(pytester, body, "-p", "xdist", "-n", "2")
-    assert result.ret == 1
-    assert kinds(data) == [
-        ("leaked_process", "test_suite.py::test_two"),
-        ("leaked_server", "test_suite.py::test_one"),
-    ]
-    assert {f["worker"] for f in data["findings"]} <= {"gw0", "gw1"}
-    assert_nothing_left(data)
 
 
 PLANT = """
@@ -333,14 +88,251 @@ def stranger() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
+def test_a_clean_suite_passes_with_no_findings(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    result, data = run_suite(
+        inner,
+        """
+def test_server_closed_properly():
+    child = start_server()
+    child.stdin.close()
+    assert child.wait(10) == 0
+    child.stdout.close()
+    HELD.remove(child)
+
+def test_nothing():
+    pass
+""",
+    )
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["leanhost: no leaks (1 registries checked in * ms)"])
+    assert data["findings"] == []
+    assert data["registries_checked"] == 1
+    assert data["interrupted"] is False
+
+
+def test_a_held_server_is_a_leaked_server_and_is_terminated(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    result, data = run_suite(inner, "def test_leaks_server():\n    start_server()\n")
+    assert result.ret == 1
+    assert kinds(data) == [("leaked_server", "test_suite.py::test_leaks_server")]
+    (finding,) = data["findings"]
+    assert finding["transport"] == "stdio"
+    assert finding["action"] == "terminated"
+    result.stdout.fnmatch_lines(
+        [
+            "*= leanhost =*",
+            "leaked_server test_suite.py::test_leaks_server pid=* transport=stdio record=*"
+            " action=terminated",
+        ]
+    )
+    assert "1 passed" in result.stdout.str()
+    assert_nothing_left(data)
+
+
+def test_a_forgotten_subprocess_is_a_leaked_process(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+def test_forgets_a_child():
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("leaked_process", "test_suite.py::test_forgets_a_child")]
+    assert data["findings"][0]["record"] is None
+    assert data["findings"][0]["action"] == "terminated"
+    assert_nothing_left(data)
+
+
+def test_a_daemonized_grandchild_is_found_by_its_marker(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+def test_double_fork():
+    code = "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    time.sleep(120)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("leaked_process", "test_suite.py::test_double_fork")]
+    assert_nothing_left(data)
+
+
+def test_a_killed_server_leaves_a_stale_record_that_is_removed(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+def test_kills_its_server():
+    child = start_server()
+    child.kill()
+    child.wait()
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("stale_record", "test_suite.py::test_kills_its_server")]
+    assert data["findings"][0]["action"] == "record_removed"
+    assert_nothing_left(data)
+
+
+def test_a_server_whose_client_died_is_an_orphaned_server(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = '''
+def test_orphans_a_server():
+    launcher = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], "sleep"], stdout=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.stdout.readline().decode().strip(), flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", launcher, SERVER_CODE], capture_output=True,
+                         text=True, check=True).stdout
+    assert int(out)
+'''
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("orphaned_server", "test_suite.py::test_orphans_a_server")]
+    assert data["findings"][0]["action"] == "terminated"
+    assert_nothing_left(data)
+
+
+def test_a_file_that_is_no_record_is_a_corrupt_record(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+import os
+def test_writes_garbage():
+    registry = os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]
+    os.makedirs(registry, exist_ok=True)
+    with open(os.path.join(registry, "123.json"), "w") as handle:
+        handle.write("{ not json")
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("corrupt_record", "test_suite.py::test_writes_garbage")]
+    (finding,) = data["findings"]
+    assert finding["action"] == "record_removed"
+    assert finding["pid"] == 123
+    assert finding["detail"].startswith("not JSON")
+
+
+def test_a_planted_record_of_a_foreign_process_fails_the_run_but_is_never_signalled(
+    pytester: pytest.Pytester, inner: InnerPytest, stranger: subprocess.Popen[bytes]
+) -> None:
+    body = (
+        PLANT + f"def test_plants_a_record():\n    plant({stranger.pid}, int(time.time() * 1000))\n"
+    )
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("leaked_server", "test_suite.py::test_plants_a_record")]
+    assert data["findings"][0]["action"] == "none"
+    assert stranger.poll() is None  # alive: the run did not start it, so never signalled
+
+
+def test_allowed_kinds_are_reported_and_cleaned_but_do_not_fail(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+import pytest
+@pytest.mark.leanhost_allow("leaked_server")
+def test_allowed():
+    start_server()
+
+@pytest.mark.leanhost_allow()
+def test_all_allowed():
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 0
+    assert [f["allowed"] for f in data["findings"]] == [True, True]
+    assert {f["action"] for f in data["findings"]} == {"terminated"}
+    result.stdout.fnmatch_lines(["leaked_server * [[]allowed[]]"])
+    assert_nothing_left(data)
+
+
+def test_an_allowed_kind_does_not_cover_another_kind(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+import pytest
+@pytest.mark.leanhost_allow("stale_record")
+def test_not_allowed():
+    start_server()
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert data["findings"][0]["allowed"] is False
+
+
+def test_a_descendant_that_exits_within_the_grace_is_not_a_leak(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+def test_short_lived_helper():
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"]))
+"""
+    result, data = run_suite(inner, body, "-o", "leanhost_grace=1")
+    assert result.ret == 0, result.stdout.str()
+    assert data["findings"] == []
+
+
+def test_keep_leaks_reports_without_cleaning(pytester: pytest.Pytester, inner: InnerPytest) -> None:
+    result, data = run_suite(
+        inner, "def test_leaks_server():\n    start_server('sleep')\n", "--leanhost-keep-leaks"
+    )
+    (finding,) = data["findings"]
+    try:
+        assert result.ret == 1
+        assert finding["action"] == "none"
+        assert Path(finding["record"]).exists()
+    finally:
+        # The run left it on purpose; it carries the run's session id, so it is ours to stop.
+        for proc in find_marked_processes(data["session_id"], ProcessTable.snapshot()).values():
+            psutil.Process(proc.pid).kill()
+
+
+def test_a_failing_test_still_gets_its_leaks_found(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = "def test_fails():\n    start_server()\n    assert False\n"
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    assert kinds(data) == [("leaked_server", "test_suite.py::test_fails")]
+    assert_nothing_left(data)
+
+
+def test_leaks_are_found_under_xdist(pytester: pytest.Pytester, inner: InnerPytest) -> None:
+    body = """
+def test_one():
+    start_server()
+
+def test_two():
+    HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+
+def test_clean():
+    pass
+"""
+    result, data = run_suite(inner, body, "-p", "xdist", "-n", "2")
+    assert result.ret == 1
+    assert kinds(data) == [
+        ("leaked_process", "test_suite.py::test_two"),
+        ("leaked_server", "test_suite.py::test_one"),
+    ]
+    assert {f["worker"] for f in data["findings"]} <= {"gw0", "gw1"}
+    assert_nothing_left(data)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a record another owner")
 def test_a_record_owned_by_another_user_is_foreign_and_never_acted_on(
-    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes]
+    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes], inner: InnerPytest
 ) -> None:
     body = PLANT + (
         f"def test_plants():\n    plant({stranger.pid}, int(time.time() * 1000), owner=65534)\n"
     )
-    result, data = run_suite(pytester, body)
+    result, data = run_suite(inner, body)
     assert result.ret == 1
     (finding,) = data["findings"]
     assert finding["kind"] == "leaked_server"
@@ -350,9 +342,11 @@ def test_a_record_owned_by_another_user_is_foreign_and_never_acted_on(
     assert stranger.poll() is None  # not signalled
 
 
-def test_a_record_in_a_registry_others_can_write_is_foreign(pytester: pytest.Pytester) -> None:
+def test_a_record_in_a_registry_others_can_write_is_foreign(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
     body = PLANT + "def test_plants():\n    plant(4_000_000, 1, registry_mode=0o777)\n"
-    result, data = run_suite(pytester, body)
+    result, data = run_suite(inner, body)
     assert result.ret == 1
     (finding,) = data["findings"]
     assert finding["kind"] == "stale_record"
@@ -362,11 +356,11 @@ def test_a_record_in_a_registry_others_can_write_is_foreign(pytester: pytest.Pyt
 
 
 def test_a_pid_reused_by_a_stranger_is_a_stale_record_and_the_stranger_lives(
-    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes]
+    pytester: pytest.Pytester, stranger: subprocess.Popen[bytes], inner: InnerPytest
 ) -> None:
     created = psutil.Process(stranger.pid).create_time()
     body = PLANT + f"def test_plants():\n    plant({stranger.pid}, {int((created - 60) * 1000)})\n"
-    result, data = run_suite(pytester, body)
+    result, data = run_suite(inner, body)
     assert result.ret == 1
     (finding,) = data["findings"]
     assert (finding["kind"], finding["action"]) == ("stale_record", "record_removed")

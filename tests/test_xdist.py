@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from pytest_leanhost.ownership import find_marked_processes
-from pytest_leanhost.probe import ProcessTable
+from tests.inner_runs import InnerPytest
 
 LEAKY = """
 import os, subprocess, sys
@@ -58,24 +56,10 @@ def test_after_the_crash():
 """
 
 
-def run(pytester: pytest.Pytester, *args: str) -> tuple[Any, dict[str, Any]]:
-    report = pytester.path / "report.json"
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "leanhost",
-        "-p",
-        "xdist",
-        "-p",
-        "no:randomly",
-        "-o",
-        "leanhost_grace=0.3",
-        "--leanhost-report",
-        str(report),
-        *args,
-    )
-    data: dict[str, Any] = json.loads(report.read_text())
-    assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
-    return result, data
+def run(inner: InnerPytest, *args: str) -> tuple[Any, dict[str, Any]]:
+    outcome = inner.run("-p", "xdist", *args)
+    inner.assert_nothing_left(outcome)
+    return outcome.result, outcome.report
 
 
 @pytest.mark.parametrize(
@@ -89,10 +73,10 @@ def run(pytester: pytest.Pytester, *args: str) -> tuple[Any, dict[str, Any]]:
     ids=["n2", "n4", "loadscope", "loadgroup"],
 )
 def test_leaks_spread_over_workers_are_reported_once_each(
-    pytester: pytest.Pytester, args: list[str]
+    pytester: pytest.Pytester, inner: InnerPytest, args: list[str]
 ) -> None:
     pytester.makepyfile(test_leaky=LEAKY)
-    result, data = run(pytester, *args)
+    result, data = run(inner, *args)
     assert result.ret == 1
     found = sorted((f["nodeid"], f["kind"]) for f in data["findings"])
     assert found == sorted(
@@ -105,19 +89,19 @@ def test_leaks_spread_over_workers_are_reported_once_each(
 
 
 def test_a_clean_suite_under_four_workers_never_raises_a_false_alarm(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, inner: InnerPytest
 ) -> None:
     pytester.makepyfile(test_clean=CLEAN)
     for _ in range(10):
-        result, data = run(pytester, "-n", "4")
+        result, data = run(inner, "-n", "4")
         assert result.ret == 0, result.stdout.str()
         assert data["findings"] == []
         assert data["registries_checked"] == 12
 
 
-def test_a_crashed_worker_loses_no_finding(pytester: pytest.Pytester) -> None:
+def test_a_crashed_worker_loses_no_finding(pytester: pytest.Pytester, inner: InnerPytest) -> None:
     pytester.makepyfile(test_crash=CRASH)
-    result, data = run(pytester, "-n", "2")
+    result, data = run(inner, "-n", "2")
     assert result.ret == 1
     found = sorted((f["nodeid"], f["kind"]) for f in data["findings"])
     assert found == [
