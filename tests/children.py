@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from pytest_leanhost.processes import stop_exact
+from pytest_leanhost.spawn import ServerProcess, spawn_server
 
 # A minimal server: registers in argv[2] with transport argv[1], prints its PID,
 # then lives until its stdin closes, or (with argv[3] == "sleep") for two minutes.
@@ -93,3 +97,30 @@ class Children:
             for stream in (child.stdin, child.stdout):
                 if stream is not None:
                     stream.close()
+
+
+class Started:
+    """Servers (and stray processes) a test started; all stopped by exact PID at teardown."""
+
+    def __init__(self, registry: Path) -> None:
+        self.registry = registry
+        self.servers: list[ServerProcess] = []
+        self.strays: list[psutil.Process] = []
+
+    def spawn(self, command: Sequence[str], **kwargs: Any) -> ServerProcess:
+        kwargs.setdefault("registry", self.registry)
+        server = spawn_server(command, **kwargs)
+        self.servers.append(server)
+        return server
+
+    def adopt(self, pid: int) -> psutil.Process:
+        """Track a process the test did not start directly (a worker), pinned by create time."""
+        proc = psutil.Process(pid)
+        self.strays.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop(timeout=2.0)
+        for proc in self.strays:
+            stop_exact(proc, 2.0)

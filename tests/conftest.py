@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.children import Children
+from tests.children import Children, Started
 from tests.inner_runs import InnerPytest
 
 
@@ -28,3 +29,13 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterato
         yield runner
     finally:
         runner.kill_leftovers()
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[Started]:
+    """Servers started through spawn_server; every one stopped by exact PID at teardown."""
+    tracker = Started(tmp_path / "registry")
+    try:
+        yield tracker
+    finally:
+        tracker.close()

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
+from tests.children import poll
 
 SERVER_COMMAND = (sys.executable, "-m", "pytest_leanhost.refserver")
 
@@ -40,18 +41,6 @@ os._exit(0)
 """
 
 JsonObject = dict[str, Any]
-
-
-def poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` with a short backoff until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return True
 
 
 def gone(process: psutil.Process) -> bool:

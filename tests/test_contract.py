@@ -25,20 +25,10 @@ from pytest_leanhost.mcp_client import StdioClient
 from pytest_leanhost.processes import is_gone, stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
 from pytest_leanhost.spawn import ServerProcess, ServerStartError
-from tests.children import poll
-from tests.test_spawn import Started
+from tests.children import Started, poll
 
 REFSERVER = [sys.executable, "-m", "pytest_leanhost.refserver"]
 POLL_ENV = {"LEANHOST_REFSERVER_PARENT_POLL": "0.05"}
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    tracker = Started(tmp_path / "registry")
-    try:
-        yield tracker
-    finally:
-        tracker.close()
 
 
 def refserver(*faults: str) -> list[str]:

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +29,8 @@ from pytest_leanhost.mcp_client import (
     SseEvent,
     SseParser,
 )
-from tests.test_spawn import Started, script
+from tests.children import Started
+from tests.test_spawn import script
 
 REFSERVER = [sys.executable, "-m", "pytest_leanhost.refserver"]
 
@@ -77,15 +77,6 @@ with register_server_process("stdio"):
             sys.stderr.write("fatal: the scripted server gives up\\n")
             sys.exit(1)
 """
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    tracker = Started(tmp_path / "registry")
-    try:
-        yield tracker
-    finally:
-        tracker.close()
 
 
 # --- stdio --------------------------------------------------------------------------

@@ -420,6 +420,8 @@ def test_orphan_worker_fault_leaves_the_worker_running(processes: Processes) -> 
 def test_workers_inherit_the_servers_environment(processes: Processes) -> None:
     server = processes.start(env={"LEANHOST_TEST_MARKER": "refserver-worker-42"})
     worker = _spawn_worker(server, processes)
+    # Right after fork, before exec, /proc/PID/environ can read empty: wait for the exec.
+    assert poll(lambda: "LEANHOST_TEST_MARKER" in worker.environ())
     assert worker.environ()["LEANHOST_TEST_MARKER"] == "refserver-worker-42"
     assert worker.environ()[REGISTRY_ENV] == str(server.registry)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,13 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from pytest_leanhost.mcp_client import McpError
 from pytest_leanhost.processes import stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
-from tests.children import poll
-from tests.test_spawn import Started
+from tests.children import Started, poll
 
 SDK_SERVER = [
     sys.executable,
     str(Path(__file__).parents[1] / "examples" / "sdk_server" / "server.py"),
 ]
 SDK_STDIO_GRACE = 2.0  # the SDK's stdio client waits this long after closing stdin
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    tracker = Started(tmp_path / "registry")
-    try:
-        yield tracker
-    finally:
-        tracker.close()
 
 
 # --- our client, the SDK's server ---------------------------------------------------

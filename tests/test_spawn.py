@@ -13,9 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -23,7 +22,8 @@ import pytest
 from pytest_leanhost import spawn
 from pytest_leanhost.processes import is_gone, stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV
-from pytest_leanhost.spawn import ServerProcess, ServerStartError, spawn_server
+from pytest_leanhost.spawn import ServerStartError, spawn_server
+from tests.children import Started
 
 PY = sys.executable
 
@@ -122,42 +122,6 @@ with register_server_process("stdio"):
 def script(code: str, *args: str) -> list[str]:
     """The command that runs ``code`` with ``args``."""
     return [PY, "-c", code, *args]
-
-
-class Started:
-    """Servers (and stray processes) a test started; all stopped by exact PID at teardown."""
-
-    def __init__(self, registry: Path) -> None:
-        self.registry = registry
-        self.servers: list[ServerProcess] = []
-        self.strays: list[psutil.Process] = []
-
-    def spawn(self, command: Sequence[str], **kwargs: Any) -> ServerProcess:
-        kwargs.setdefault("registry", self.registry)
-        server = spawn_server(command, **kwargs)
-        self.servers.append(server)
-        return server
-
-    def adopt(self, pid: int) -> psutil.Process:
-        """Track a process the test did not start directly (a worker), pinned by create time."""
-        proc = psutil.Process(pid)
-        self.strays.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.stop(timeout=2.0)
-        for proc in self.strays:
-            stop_exact(proc, 2.0)
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    tracker = Started(tmp_path / "registry")
-    try:
-        yield tracker
-    finally:
-        tracker.close()
 
 
 def live_children() -> set[int]:
