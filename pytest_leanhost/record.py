@@ -102,17 +102,22 @@ class ProcessRecord:
         except UnicodeDecodeError as exc:
             raise RecordError(f"not UTF-8 (byte {exc.start})") from exc
         try:
-            value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+            value = json.loads(
+                text,
+                object_pairs_hook=_JsonObject,
+                parse_int=_parse_int,
+                parse_constant=_refuse_constant,
+            )
         except json.JSONDecodeError as exc:
             raise RecordError(
                 f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from exc
-        except _DuplicateKeyError as exc:
-            raise RecordError(f"duplicate field `{exc.key}`") from exc
         except RecursionError as exc:
             raise RecordError("not JSON: nested too deeply") from exc
-        if not isinstance(value, dict):
+        if not isinstance(value, _JsonObject):
             raise RecordError(f"not a JSON object but {_json_kind(value)}")
+        if value.duplicate is not None:
+            raise RecordError(f"duplicate field `{value.duplicate}`")
         return cls(
             pid=_field(value, "pid", _u32),
             executable=_field(value, "executable", _text),
@@ -126,20 +131,42 @@ class ProcessRecord:
         )
 
 
-class _DuplicateKeyError(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(ProcessRecord))
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # serde_json refuses a duplicate field of a struct; Python would keep the last.
-    result: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in result:
-            raise _DuplicateKeyError(key)
-        result[key] = item
-    return result
+class _JsonObject(dict[str, Any]):
+    """A JSON object that remembers the first record field it saw twice.
+
+    serde_json refuses a duplicate field of the struct, but ignores unknown fields
+    (and everything inside them) unchecked, so only the record's own field names count;
+    only the top-level object's ``duplicate`` is looked at.
+    """
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.duplicate: str | None = None
+        for key, item in pairs:
+            if self.duplicate is None and key in self and key in _FIELD_NAMES:
+                self.duplicate = key
+            self[key] = item
+
+
+def _parse_int(digits: str) -> int | float:
+    # serde_json reads `-0` as a float (so no integer field takes it); Python's int()
+    # refuses more than sys.get_int_max_str_digits() digits with a ValueError, where
+    # serde_json skips the number in an unknown field and reads it as a float (too
+    # large for any integer field) in a known one.
+    if digits == "-0":
+        return -0.0
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
+def _refuse_constant(name: str) -> float:
+    # Python's json reads NaN, Infinity and -Infinity; JSON (and serde_json) has none.
+    raise RecordError(f"not JSON: `{name}` is not a JSON value")
 
 
 def _json_kind(value: object) -> str:
