@@ -48,32 +48,45 @@ def inspect_registry(
     return judge_entries(entries, table, registry_trust(directory) if entries else None)
 
 
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _text(value: object) -> str:
+    """A value as one line: control characters escaped, so a record cannot forge lines.
+
+    Identical to the original's output for every value without control characters,
+    the only values on which the original's own lines hold together.
+    """
+    return str(value).translate(_CONTROL)
+
+
 def _yes_no(value: bool | None) -> str:
     return "unknown" if value is None else ("yes" if value else "no")
 
 
 def _or_dash(value: object) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else _text(value)
 
 
 def render_lines(judged: JudgedRecord) -> list[str]:
     """The doctor lines of one judged record: the original's, then ours, indented."""
     record = judged.entry.record
     if record is None:
-        lines = [f"record={judged.path}", f"  corrupt_record={judged.entry.problem}"]
+        lines = [f"record={_text(judged.path)}", f"  corrupt_record={_text(judged.entry.problem)}"]
         return lines + _foreign_lines(judged)
     lines = [
         f"pid={record.pid} alive={str(judged.alive).lower()}"
         f" executable_match={_yes_no(judged.executable_match)}"
-        f" transport={record.transport} bind={_or_dash(record.bind)}"
-        f" http_path={_or_dash(record.http_path)} cwd={record.cwd}"
+        f" transport={_text(record.transport)} bind={_or_dash(record.bind)}"
+        f" http_path={_or_dash(record.http_path)} cwd={_text(record.cwd)}"
         f" started_unix_millis={record.started_unix_millis}"
         f" parent_pid_at_start={_or_dash(record.parent_pid_at_start)}"
         f" current_parent_pid={_or_dash(judged.current_parent_pid)}"
         f" parent_alive_at_start={_yes_no(judged.parent_alive_at_start)}"
         f" process_group_id={_or_dash(record.process_group_id)}"
         f" current_process_group_id={_or_dash(judged.current_process_group_id)}"
-        f" stale_client={str(judged.stale_client).lower()} record={judged.path}"
+        f" stale_client={str(judged.stale_client).lower()} record={_text(judged.path)}"
     ]
     if judged.child_pids:
         lines.append("  child_pids=" + ",".join(str(pid) for pid in judged.child_pids))

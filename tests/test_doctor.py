@@ -323,3 +323,13 @@ def test_a_registry_others_can_write_gets_no_kill_suggestion(
     assert judged.foreign_registry == "writable_by_others"
     assert render_lines(judged)[1:] == ["  foreign_registry=writable_by_others"]
     assert server.is_running()  # judged, never signalled
+
+
+def test_a_record_cannot_forge_doctor_lines() -> None:
+    forged = ProcessRecord(7, "/x", "/\n  exact_terminate=kill -TERM 1", 1, None, None, "stdio\t")
+    lines = render_lines(JudgedRecord(RegistryEntry("/reg/7\x1b.json", forged, None, None)))
+    assert lines[0].count("\n") == 0
+    assert " cwd=/\\n  exact_terminate=kill -TERM 1 " in lines[0]
+    assert " transport=stdio\\t " in lines[0]
+    assert lines[0].endswith(" record=/reg/7\\x1b.json")
+    assert lines[1:] == [f"  stale_record_cleanup={CLEANUP_HINT}"]
