@@ -32,6 +32,18 @@ from pytest_leanhost.record import ProcessRecord, write_record_atomically
 from pytest_leanhost.state import registry_name
 
 
+def bench_env() -> dict[str, str]:
+    """The environment of every timed run: other plugins off, bytecode cached.
+
+    An installed package has its bytecode compiled; PYTHONDONTWRITEBYTECODE (set
+    on some machines) would make every run compile this package from source and
+    charge that to the plugin.
+    """
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def write_suite(directory: Path, tests: int, per_module: int = 100) -> None:
     for module in range(0, tests, per_module):
         count = min(per_module, tests - module)
@@ -44,9 +56,8 @@ def run_pytest(directory: Path, plugin: bool, xdist: int) -> float:
     args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
     if xdist:
         args += ["-p", "xdist", "-n", str(xdist)]
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     start = time.perf_counter()
-    subprocess.run(args, cwd=directory, env=env, stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(args, cwd=directory, env=bench_env(), stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - start
 
 
@@ -123,9 +134,8 @@ def bench_servers(count: int, xdist: int) -> None:
         args += ["--leanhost-report", str(report)]
         if xdist:
             args += ["-p", "xdist", "-n", str(xdist)]
-        env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         start = time.perf_counter()
-        subprocess.run(args, cwd=suite, env=env, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(args, cwd=suite, env=bench_env(), stdout=subprocess.DEVNULL, check=True)
         wall = time.perf_counter() - start
         data = json.loads(report.read_text())
     assert data["findings"] == [], data["findings"]

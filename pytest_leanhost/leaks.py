@@ -15,14 +15,17 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import psutil
-
-from pytest_leanhost.doctor import inspect_registry
 from pytest_leanhost.ownership import MarkedProcess, find_marked_processes
-from pytest_leanhost.probe import JudgedRecord, ProcessTable
-from pytest_leanhost.processes import wait_gone
-from pytest_leanhost.registry import RegistryUnreadableError, read_entry
+from pytest_leanhost.probe import ProcessTable
+
+# What loads only when there is something to judge, wait for or stop: a run
+# whose tests started no server never imports the doctor, the scan or psutil.
+if TYPE_CHECKING:
+    import psutil
+
+    from pytest_leanhost.probe import JudgedRecord
 
 __all__ = [
     "Finding",
@@ -136,6 +139,10 @@ def scan_session(
     candidates = [_pid(item) for items in look.judged.values() for item in items if item.alive]
     candidates += list(look.marked)
     if candidates and grace > 0:
+        import psutil
+
+        from pytest_leanhost.processes import wait_gone
+
         procs = []
         for pid in set(candidates):
             with contextlib.suppress(psutil.Error):
@@ -170,6 +177,22 @@ def _look(
     only_worker: str | None,
 ) -> _Look:
     table = ProcessTable.snapshot()
+    judged, unreadable = _judge_registries(registries, table) if registries else ({}, {})
+    marked: dict[int, MarkedProcess] = {}
+    if session_id is not None:
+        marked = find_marked_processes(session_id, table, exclude=excluded)
+        if only_worker is not None:
+            marked = {pid: m for pid, m in marked.items() if m.worker == only_worker}
+    return _Look(table, judged, marked, unreadable)
+
+
+def _judge_registries(
+    registries: Iterable[str], table: ProcessTable
+) -> tuple[dict[str, list[JudgedRecord]], dict[str, str]]:
+    """Each registry's records judged against ``table``; the registries that cannot be read."""
+    from pytest_leanhost.doctor import inspect_registry
+    from pytest_leanhost.registry import RegistryUnreadableError
+
     judged: dict[str, list[JudgedRecord]] = {}
     unreadable: dict[str, str] = {}
     for registry in registries:
@@ -177,12 +200,7 @@ def _look(
             judged[registry] = inspect_registry(registry, table)
         except RegistryUnreadableError as exc:
             unreadable[registry] = exc.reason
-    marked: dict[int, MarkedProcess] = {}
-    if session_id is not None:
-        marked = find_marked_processes(session_id, table, exclude=excluded)
-        if only_worker is not None:
-            marked = {pid: m for pid, m in marked.items() if m.worker == only_worker}
-    return _Look(table, judged, marked, unreadable)
+    return judged, unreadable
 
 
 def _classify(
@@ -321,6 +339,8 @@ def clean_up(findings: Sequence[Finding], shutdown_timeout: float) -> None:
 
 
 def _pinned(pid: int, create_time: float) -> psutil.Process | None:
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         same = abs(proc.create_time() - create_time) < 0.01
@@ -333,6 +353,12 @@ def _stop_all(
     targets: Mapping[int, tuple[psutil.Process, list[Finding]]], timeout: float
 ) -> set[int]:
     """Stop every target; returns the PIDs that survived even SIGKILL."""
+    if not targets:
+        return set()
+    import psutil
+
+    from pytest_leanhost.processes import wait_gone
+
     for proc, _ in targets.values():
         with contextlib.suppress(psutil.Error):
             proc.terminate()  # psutil refuses a PID whose create time changed
@@ -350,6 +376,8 @@ def _stop_all(
 
 def _remove_if_unchanged(path: str, judged: bytes) -> bool:
     """Remove ``path`` only if it is still the regular file that was judged."""
+    from pytest_leanhost.registry import read_entry
+
     current = read_entry(path)
     if current is None or current.data != judged:
         return False  # gone, no longer a regular file, or rewritten (a new server)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from pytest_leanhost.probe import ProcessTable
+if TYPE_CHECKING:
+    from pytest_leanhost.probe import ProcessTable
 
 __all__ = [
     "NODEID_ENV",
@@ -37,7 +38,7 @@ WORKER_ENV = "LEANHOST_WORKER"
 
 def new_session_id() -> str:
     """A fresh, unguessable session id."""
-    return f"lh-{secrets.token_hex(8)}"
+    return f"lh-{os.urandom(8).hex()}"
 
 
 @dataclasses.dataclass(frozen=True)

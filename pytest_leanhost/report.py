@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from pytest_leanhost.leaks import Finding
+if TYPE_CHECKING:
+    from pytest_leanhost.leaks import Finding
 
 __all__ = [
     "JUNIT_CASE_NAME",
@@ -106,6 +107,8 @@ def add_junit_failure(xml_path: str | os.PathLike[str], failing: Sequence[Findin
 
     CI dashboards that read JUnit XML then show the leaks like any failed test.
     """
+    import xml.etree.ElementTree as ET  # only when there is a JUnit file to amend
+
     tree = ET.parse(xml_path)
     root = tree.getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")

@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import pytest
 
@@ -24,17 +23,24 @@ _MAX_NAME = 200  # file-system names stop at 255 bytes
 
 
 def registry_name(nodeid: str) -> str:
-    """A directory name for a test's registry that maps back to its node id."""
-    quoted = quote(nodeid, safe="")
-    if len(quoted) <= _MAX_NAME:
-        return f"t-{quoted}"
-    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:16]
-    return f"h-{digest}-{quoted[: _MAX_NAME - 20]}"
+    """A directory name for a test's registry that maps back to its node id.
+
+    Only ``/`` cannot stand in a file name (a node id holds no NUL), so escaping
+    ``%`` and ``/`` is enough and keeps the name readable; it runs once per
+    test, so it must cost next to nothing. A name too long for the file system
+    becomes a hash, which the session root's index maps back.
+    """
+    name = "t-" + nodeid.replace("%", "%25").replace("/", "%2F")
+    if len(name) <= _MAX_NAME and len(name.encode()) <= _MAX_NAME:
+        return name
+    return "h-" + hashlib.sha256(nodeid.encode()).hexdigest()[:16]
 
 
 def nodeid_of_registry_name(name: str) -> str | None:
     """The node id a registry name stands for, when the name alone says it."""
-    return unquote(name[2:]) if name.startswith("t-") else None
+    if not name.startswith("t-"):
+        return None
+    return name[2:].replace("%2F", "/").replace("%25", "%")
 
 
 class SessionState:
