@@ -15,12 +15,12 @@ import pytest
 
 from pytest_leanhost.record import ProcessRecord
 from pytest_leanhost.refserver import LATEST_PROTOCOL_VERSION
+from tests.children import poll
 from tests.refserver_helpers import (
     Processes,
     RefServer,
     gone,
     initialize,
-    poll,
     registry_files,
     request,
     tool_call,

@@ -17,13 +17,13 @@ import pytest
 
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
 from pytest_leanhost.refserver import LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS
+from tests.children import poll
 from tests.refserver_helpers import (
     VANISHING_PARENT_CODE,
     Processes,
     RefServer,
     gone,
     initialize,
-    poll,
     registry_files,
     request,
     tool_call,
