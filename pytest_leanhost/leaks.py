@@ -196,6 +196,10 @@ def _judge_registries(
     judged: dict[str, list[JudgedRecord]] = {}
     unreadable: dict[str, str] = {}
     for registry in registries:
+        if os.path.islink(registry):
+            # A session registry is a directory the run created: a link there leads out.
+            unreadable[registry] = "symlink (not followed)"
+            continue
         try:
             judged[registry] = inspect_registry(registry, table)
         except RegistryUnreadableError as exc:

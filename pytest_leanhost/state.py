@@ -72,11 +72,19 @@ class SessionState:
         return Path(path)
 
     def own_registries(self) -> dict[str, str | None]:
-        """The registries of this process's tests that exist (a server created them)."""
-        return {path: nodeid for path, nodeid in self._nodeids.items() if os.path.isdir(path)}
+        """The registries of this process's tests that exist (a server created them).
+
+        Whatever stands at a registry's path counts, a file included: a registry
+        that cannot be read is a finding, not something to pass over.
+        """
+        return {path: nodeid for path, nodeid in self._nodeids.items() if os.path.lexists(path)}
 
     def all_registries(self) -> dict[str, str | None]:
-        """Every registry directory under the session root, with its test's node id."""
+        """Everything at a registry's name under the session root, with its test's node id.
+
+        A file or a link where a test's registry directory should be is listed too:
+        the check reports it rather than passing it over.
+        """
         found: dict[str, str | None] = {}
         try:
             entries = list(os.scandir(self.registries_root))
@@ -86,7 +94,7 @@ class SessionState:
         if any(not entry.name.startswith("t-") for entry in entries):
             indexed = self._read_index()["registries"]
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            if entry.name.startswith(("t-", "h-")):
                 found[entry.path] = (
                     self._nodeids.get(entry.path)
                     or nodeid_of_registry_name(entry.name)

@@ -366,3 +366,36 @@ def test_a_pid_reused_by_a_stranger_is_a_stale_record_and_the_stranger_lives(
     assert (finding["kind"], finding["action"]) == ("stale_record", "record_removed")
     assert finding["detail"] == "PID reused by a younger process"
     assert stranger.poll() is None
+
+
+def test_a_registry_that_cannot_be_read_is_a_finding_not_a_crash(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    body = """
+import os
+def test_file_for_a_registry():
+    os.makedirs(os.path.dirname(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]), exist_ok=True)
+    with open(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"], "w") as handle:
+        handle.write("not a directory")
+
+def test_link_for_a_registry(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    os.makedirs(os.path.dirname(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]), exist_ok=True)
+    os.symlink(tmp_path / "elsewhere", os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
+"""
+    result, data = run_suite(inner, body)
+    assert result.ret == 1
+    found = sorted((f["kind"], f["nodeid"], f["detail"]) for f in data["findings"])
+    assert found == [
+        (
+            "corrupt_record",
+            "test_suite.py::test_file_for_a_registry",
+            "registry unreadable: not a directory",
+        ),
+        (
+            "corrupt_record",
+            "test_suite.py::test_link_for_a_registry",
+            "registry unreadable: symlink (not followed)",
+        ),
+    ]
+    result.stdout.fnmatch_lines(["*2 passed*"])
