@@ -201,19 +201,22 @@ class LeanhostPlugin:
         workers = [float(r.get("seconds", 0.0)) for r in self.worker_reports]
         return max(workers, default=0.0) + self.scan.seconds
 
+    def checked(self, key: str) -> int:
+        """A count of the whole run (``registries_checked``, ``records_checked``)."""
+        assert self.scan is not None
+        own = int(getattr(self.scan, key))
+        return own + sum(int(report[key]) for report in self.worker_reports)
+
     def _write_outputs(self, state: SessionState) -> None:
         from pytest_leanhost.report import add_junit_failure, write_json_report
 
-        registries = sum(int(r["registries_checked"]) for r in self.worker_reports)
-        records = sum(int(r["records_checked"]) for r in self.worker_reports)
-        assert self.scan is not None
         if self.settings.report_path is not None:
             write_json_report(
                 self.settings.report_path,
                 session_id=state.session_id,
                 interrupted=self.interrupted,
-                registries_checked=registries + self.scan.registries_checked,
-                records_checked=records + self.scan.records_checked,
+                registries_checked=self.checked("registries_checked"),
+                records_checked=self.checked("records_checked"),
                 check_seconds=self.check_seconds(),
                 findings=self.findings,
             )
@@ -232,9 +235,7 @@ class LeanhostPlugin:
 
         tr = terminalreporter
         failing = [finding for finding in self.findings if not finding.allowed]
-        registries = self.scan.registries_checked + sum(
-            int(r["registries_checked"]) for r in self.worker_reports
-        )
+        registries = self.checked("registries_checked")
         if self.findings:
             tr.section("leanhost", sep="=", red=bool(failing), bold=True)
             for finding in self.findings:
