@@ -80,7 +80,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs per size (median reported)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    leanhost = [sys.executable, "-m", "pytest_leanhost.cli", "doctor", "processes", "--registry"]
+    leanhost = [
+        sys.executable,
+        "-m",
+        "pytest_leanhost.core.cli",
+        "doctor",
+        "processes",
+        "--registry",
+    ]
     empty = tempfile.mkdtemp(prefix="leanhost-bench-empty-")
     base = time_command([*leanhost, empty], args.runs)
     print(f"empty registry (start-up and one process-table pass): {base * 1000:.1f} ms")

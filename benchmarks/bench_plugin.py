@@ -27,9 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_leanhost.leaks import scan_session
+from pytest_leanhost.core.check import scan_session
+from pytest_leanhost.plugin.state import registry_name
 from pytest_leanhost.record import ProcessRecord, write_record_atomically
-from pytest_leanhost.state import registry_name
 
 
 def bench_env() -> dict[str, str]:

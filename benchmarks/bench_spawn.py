@@ -23,7 +23,7 @@ from typing import Literal
 
 import psutil
 
-from pytest_leanhost.spawn import spawn_server
+from pytest_leanhost.client.spawn import spawn_server
 
 Transport = Literal["stdio", "http"]
 REFSERVER = [sys.executable, "-m", "pytest_leanhost.refserver"]

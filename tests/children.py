@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 
-from pytest_leanhost.processes import stop_exact
-from pytest_leanhost.spawn import ServerProcess, spawn_server
+from pytest_leanhost.client.spawn import ServerProcess, spawn_server
+from pytest_leanhost.core.processes import stop_exact
 
 # A minimal server: registers in argv[2] with transport argv[1], prints its PID,
 # then lives until its stdin closes, or (with argv[3] == "sleep") for two minutes.

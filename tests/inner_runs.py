@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from pytest_leanhost.ownership import find_marked_processes, processes_carrying
-from pytest_leanhost.probe import ProcessTable
+from pytest_leanhost.core.ownership import find_marked_processes, processes_carrying
+from pytest_leanhost.core.probe import ProcessTable
 
 #: Every process an inner run starts inherits this variable (a fresh value per test),
 #: so the teardown can find and stop by exact PID whatever a broken run left behind.

@@ -16,7 +16,7 @@ DEAD_PID = 4_000_000  # above Linux's pid_max: never a live process
 
 def leanhost(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest_leanhost.cli", *args],
+        [sys.executable, "-m", "pytest_leanhost.core.cli", *args],
         check=False,
         capture_output=True,
         text=True,

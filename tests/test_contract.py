@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_leanhost.mcp_client import StdioClient
-from pytest_leanhost.processes import is_gone, stop_exact, wait_gone
+from pytest_leanhost.client.mcp import StdioClient
+from pytest_leanhost.client.spawn import ServerProcess, ServerStartError
+from pytest_leanhost.core.processes import is_gone, stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
-from pytest_leanhost.spawn import ServerProcess, ServerStartError
 from tests.children import Started, poll
 
 REFSERVER = [sys.executable, "-m", "pytest_leanhost.refserver"]

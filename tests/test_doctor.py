@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from pytest_leanhost.doctor import (
+from pytest_leanhost.core.doctor import (
     CLEANUP_HINT,
     cleanup_stale_records,
     inspect_registry,
@@ -17,9 +17,9 @@ from pytest_leanhost.doctor import (
     render_lines,
     render_text,
 )
-from pytest_leanhost.probe import JudgedRecord, ProcessTable
+from pytest_leanhost.core.probe import JudgedRecord, ProcessTable
+from pytest_leanhost.core.registry import RegistryEntry
 from pytest_leanhost.record import ProcessRecord, write_record_atomically
-from pytest_leanhost.registry import RegistryEntry
 from tests.children import Children, poll
 
 

@@ -15,8 +15,8 @@ SUITE = '''
 import os, subprocess, sys, time
 from pathlib import Path
 import pytest
-from pytest_leanhost.fixtures import reference_server_command
-from pytest_leanhost.spawn import spawn_server
+from pytest_leanhost.plugin.fixtures import reference_server_command
+from pytest_leanhost.client.spawn import spawn_server
 
 HELD = []
 BOTH = pytest.mark.parametrize("transport", ["stdio", "http"])

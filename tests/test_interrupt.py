@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_leanhost.ownership import find_marked_processes
-from pytest_leanhost.probe import ProcessTable
+from pytest_leanhost.core.ownership import find_marked_processes
+from pytest_leanhost.core.probe import ProcessTable
 from tests.children import poll
 from tests.inner_runs import InnerPytest
 

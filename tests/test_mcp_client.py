@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pytest_leanhost.mcp_client import (
+from pytest_leanhost.client.mcp import (
     HttpClient,
     McpError,
     McpHttpStatusError,

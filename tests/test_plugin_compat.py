@@ -19,8 +19,8 @@ from tests.inner_runs import InnerPytest
 HEAD = """
 import atexit, os, pathlib, time
 import pytest
-from pytest_leanhost.fixtures import reference_server_command
-from pytest_leanhost.spawn import spawn_server
+from pytest_leanhost.plugin.fixtures import reference_server_command
+from pytest_leanhost.client.spawn import spawn_server
 
 HELD = []
 

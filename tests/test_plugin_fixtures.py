@@ -288,7 +288,7 @@ def test_inspect_text_cleanup(leanhost_server, leanhost_doctor, leanhost_registr
     assert (judged.verdict, judged.alive, judged.entry.record.pid) == ("alive", True, server.pid)
     leanhost_doctor.assert_clean()
     cli = subprocess.run(
-        [sys.executable, "-m", "pytest_leanhost.cli", "doctor", "processes",
+        [sys.executable, "-m", "pytest_leanhost.core.cli", "doctor", "processes",
          "--registry", str(leanhost_registry)],
         capture_output=True, text=True, check=True,
     )

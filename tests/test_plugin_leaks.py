@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from pytest_leanhost.ownership import find_marked_processes
-from pytest_leanhost.probe import ProcessTable
+from pytest_leanhost.core.ownership import find_marked_processes
+from pytest_leanhost.core.probe import ProcessTable
 from tests.inner_runs import InnerPytest
 
 # Inner-suite helpers: a registering stdio server held open by the test.

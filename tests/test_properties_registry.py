@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_leanhost.doctor import cleanup_stale_records, inspect_registry
+from pytest_leanhost.core.doctor import cleanup_stale_records, inspect_registry
+from pytest_leanhost.core.registry import RegistryEntry, is_record_name, scan_registry
 from pytest_leanhost.record import MAX_RECORD_BYTES, ProcessRecord, RecordError
-from pytest_leanhost.registry import RegistryEntry, is_record_name, scan_registry
 from tests.test_properties_record import json_values, parsed, records
 
 pytestmark = pytest.mark.timeout(180)

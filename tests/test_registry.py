@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_leanhost.doctor import inspect_registry, render_text
+from pytest_leanhost.core.doctor import inspect_registry, render_text
+from pytest_leanhost.core.registry import RegistryUnreadableError, scan_registry
 from pytest_leanhost.record import MAX_RECORD_BYTES, ProcessRecord
-from pytest_leanhost.registry import RegistryUnreadableError, scan_registry
 
 GOOD = ProcessRecord(123456789, "/bin/server", "/", 1, None, None, "stdio")
 

@@ -19,8 +19,8 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from pytest_leanhost.mcp_client import McpError
-from pytest_leanhost.processes import stop_exact, wait_gone
+from pytest_leanhost.client.mcp import McpError
+from pytest_leanhost.core.processes import stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
 from tests.children import Started, poll
 

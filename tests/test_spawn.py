@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_leanhost import spawn
-from pytest_leanhost.processes import is_gone, stop_exact, wait_gone
+from pytest_leanhost.client import spawn
+from pytest_leanhost.client.spawn import ServerStartError, spawn_server
+from pytest_leanhost.core.processes import is_gone, stop_exact, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV
-from pytest_leanhost.spawn import ServerStartError, spawn_server
 from tests.children import Started
 
 PY = sys.executable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pytest_leanhost.state import SessionState, nodeid_of_registry_name, registry_name
+from pytest_leanhost.plugin.state import SessionState, nodeid_of_registry_name, registry_name
 
 
 def test_a_registry_name_maps_back_to_its_node_id() -> None:

@@ -16,8 +16,8 @@ HELD = []
 
 @pytest.mark.parametrize("n", range(4))
 def test_leaks_a_server(leanhost_server, n):
-    from pytest_leanhost.fixtures import reference_server_command
-    from pytest_leanhost.spawn import spawn_server
+    from pytest_leanhost.plugin.fixtures import reference_server_command
+    from pytest_leanhost.client.spawn import spawn_server
     registry = os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]
     transport = "http" if n % 2 else "stdio"
     HELD.append(spawn_server(reference_server_command(), transport=transport, registry=registry))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_leanhost.fixtures import reference_server_command
-from pytest_leanhost.spawn import ServerProcess, spawn_server
+from pytest_leanhost.client.spawn import ServerProcess, spawn_server
+from pytest_leanhost.plugin.fixtures import reference_server_command
 
 #: What the tests "forget": held until pytest exits, as a careless test suite would.
 HELD: list[object] = []

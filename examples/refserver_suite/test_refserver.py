@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_leanhost.fixtures import RegistryDoctor, ServerFactory
-from pytest_leanhost.spawn import ServerProcess
+from pytest_leanhost.client.spawn import ServerProcess
+from pytest_leanhost.plugin.fixtures import RegistryDoctor, ServerFactory
 
 
 @pytest.fixture(params=["stdio", "http"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_leanhost.fixtures import ServerFactory
+from pytest_leanhost.plugin.fixtures import ServerFactory
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])

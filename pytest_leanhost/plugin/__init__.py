@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_leanhost.fixtures import (
+from pytest_leanhost.core.kinds import LEAK_KINDS
+from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
+from pytest_leanhost.plugin.fixtures import (
     leanhost_doctor,
     leanhost_registry,
     leanhost_server,
     leanhost_server_command,
 )
-from pytest_leanhost.kinds import LEAK_KINDS
-from pytest_leanhost.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
+from pytest_leanhost.plugin.settings import SETTINGS_KEY, Settings, add_options, read_settings
+from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
-from pytest_leanhost.settings import SETTINGS_KEY, Settings, add_options, read_settings
-from pytest_leanhost.state import STATE_KEY, SessionState
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
-    from pytest_leanhost.leaks import Finding, SessionScan
+    from pytest_leanhost.core.check import Finding, SessionScan
 
 __all__ = [
     "leanhost_doctor",
@@ -140,7 +140,7 @@ class LeanhostPlugin:
         state = self.state
         if state is None:
             return
-        from pytest_leanhost.leaks import Finding, clean_up, scan_session
+        from pytest_leanhost.core.check import Finding, clean_up, scan_session
 
         self.interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
         if self.worker is not None:
@@ -208,7 +208,7 @@ class LeanhostPlugin:
         return own + sum(int(report[key]) for report in self.worker_reports)
 
     def _write_outputs(self, state: SessionState) -> None:
-        from pytest_leanhost.report import add_junit_failure, write_json_report
+        from pytest_leanhost.plugin.report import add_junit_failure, write_json_report
 
         if self.settings.report_path is not None:
             write_json_report(
@@ -231,7 +231,7 @@ class LeanhostPlugin:
         """The ``leanhost`` section (one line per leak) and, if asked, ``leanhost doctor``."""
         if self.worker is not None or self.state is None or self.scan is None:
             return
-        from pytest_leanhost.report import finding_line, github_annotation
+        from pytest_leanhost.plugin.report import finding_line, github_annotation
 
         tr = terminalreporter
         failing = [finding for finding in self.findings if not finding.allowed]
@@ -266,8 +266,8 @@ class LeanhostPlugin:
             registry = registry_dir(environ)
         except RegistryError as exc:
             return [f"default registry: {exc}"]
-        from pytest_leanhost.doctor import inspect_registry, render_text
-        from pytest_leanhost.registry import RegistryUnreadableError
+        from pytest_leanhost.core.doctor import inspect_registry, render_text
+        from pytest_leanhost.core.registry import RegistryUnreadableError
 
         try:
             text = render_text(inspect_registry(registry))
@@ -335,7 +335,7 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> None:
 
 def _doctor_lines(scan: SessionScan) -> list[str]:
     """The doctor lines of every registry the session used, by test, before any cleanup."""
-    from pytest_leanhost.doctor import render_text
+    from pytest_leanhost.core.doctor import render_text
 
     lines: list[str] = []
     for registry, judged in sorted(scan.judged.items()):

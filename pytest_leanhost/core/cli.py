@@ -13,14 +13,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from pytest_leanhost.doctor import (
+from pytest_leanhost.core.doctor import (
     cleanup_stale_records,
     inspect_registry,
     render_json,
     render_text,
 )
+from pytest_leanhost.core.registry import RegistryUnreadableError
 from pytest_leanhost.record import RegistryError, registry_dir
-from pytest_leanhost.registry import RegistryUnreadableError
 
 __all__ = ["build_parser", "main"]
 

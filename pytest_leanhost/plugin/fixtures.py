@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_leanhost.ownership import NODEID_ENV
+from pytest_leanhost.core.ownership import NODEID_ENV
+from pytest_leanhost.plugin.settings import DEFAULT_SETTINGS, SETTINGS_KEY, Settings
 from pytest_leanhost.record import REGISTRY_ENV
-from pytest_leanhost.settings import DEFAULT_SETTINGS, SETTINGS_KEY, Settings
 
 if TYPE_CHECKING:  # the fixtures load these only when used, to keep `-p leanhost` light
-    from pytest_leanhost.doctor import CleanupResult
-    from pytest_leanhost.probe import JudgedRecord
-    from pytest_leanhost.spawn import ServerProcess, StopResult
-from pytest_leanhost.state import STATE_KEY
+    from pytest_leanhost.client.spawn import ServerProcess, StopResult
+    from pytest_leanhost.core.doctor import CleanupResult
+    from pytest_leanhost.core.probe import JudgedRecord
+from pytest_leanhost.plugin.state import STATE_KEY
 
 __all__ = [
     "RegistryDoctor",
@@ -87,7 +87,7 @@ class ServerFactory:
     """Starts servers in the test's registry and checks each against the contract at the end.
 
     Call it: ``leanhost_server(*extra_args, transport="stdio", env=None, cwd=None)``
-    returns a started, registered :class:`~pytest_leanhost.spawn.ServerProcess`.
+    returns a started, registered :class:`~pytest_leanhost.client.spawn.ServerProcess`.
     """
 
     def __init__(self, command: list[str], registry: Path, nodeid: str, settings: Settings) -> None:
@@ -106,7 +106,7 @@ class ServerFactory:
     ) -> ServerProcess:
         if transport not in ("stdio", "http"):
             raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
-        from pytest_leanhost.spawn import ServerStartError, spawn_server
+        from pytest_leanhost.client.spawn import ServerStartError, spawn_server
 
         __tracebackhide__ = True
         try:
@@ -208,25 +208,25 @@ class RegistryDoctor:
 
     def inspect(self, registry: str | os.PathLike[str] | None = None) -> list[JudgedRecord]:
         """Judge every record of the registry against one process-table snapshot."""
-        from pytest_leanhost.doctor import inspect_registry
+        from pytest_leanhost.core.doctor import inspect_registry
 
         return inspect_registry(self.registry if registry is None else registry)
 
     def text(self, registry: str | os.PathLike[str] | None = None) -> str:
         """The doctor lines, exactly as ``leanhost doctor processes`` prints them."""
-        from pytest_leanhost.doctor import render_text
+        from pytest_leanhost.core.doctor import render_text
 
         return render_text(self.inspect(registry))
 
     def cleanup(self, registry: str | os.PathLike[str] | None = None) -> CleanupResult:
         """Remove the records of dead or reused PIDs (never anything else)."""
-        from pytest_leanhost.doctor import cleanup_stale_records
+        from pytest_leanhost.core.doctor import cleanup_stale_records
 
         return cleanup_stale_records(self.inspect(registry))
 
     def assert_clean(self, registry: str | os.PathLike[str] | None = None) -> None:
         """Fail with the doctor lines if any record is stale, orphaned, reused or corrupt."""
-        from pytest_leanhost.doctor import render_text
+        from pytest_leanhost.core.doctor import render_text
 
         judged = self.inspect(registry)
         if any(item.is_problem for item in judged):

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_leanhost.probe import ProcessTable
+    from pytest_leanhost.core.probe import ProcessTable
 
 __all__ = [
     "NODEID_ENV",

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import psutil
 
-from pytest_leanhost.mcp_client import (
+from pytest_leanhost.client.mcp import (
     DEFAULT_PROTOCOL_VERSION,
     HttpClient,
     McpClient,
@@ -34,7 +34,7 @@ from pytest_leanhost.mcp_client import (
     PipeLineReader,
     StdioClient,
 )
-from pytest_leanhost.processes import is_gone, wait_gone
+from pytest_leanhost.core.processes import is_gone, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
 
 __all__ = [

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pytest_leanhost.probe import JudgedRecord, ProcessTable, judge_entries, registry_trust
+from pytest_leanhost.core.probe import JudgedRecord, ProcessTable, judge_entries, registry_trust
+from pytest_leanhost.core.registry import read_entry, scan_registry
 from pytest_leanhost.record import ProcessRecord
-from pytest_leanhost.registry import read_entry, scan_registry
 
 __all__ = [
     "CLEANUP_HINT",
@@ -41,7 +41,7 @@ def inspect_registry(
 ) -> list[JudgedRecord]:
     """Scan ``directory`` and judge every entry against one process-table snapshot.
 
-    Raises :class:`~pytest_leanhost.registry.RegistryUnreadableError` when the
+    Raises :class:`~pytest_leanhost.core.registry.RegistryUnreadableError` when the
     registry exists but cannot be listed; a missing registry has no records.
     """
     entries = scan_registry(directory)

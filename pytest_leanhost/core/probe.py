@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 
-from pytest_leanhost.registry import RegistryEntry
+from pytest_leanhost.core.registry import RegistryEntry
 
 __all__ = [
     "PID_REUSE_TOLERANCE",

@@ -17,15 +17,15 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pytest_leanhost.ownership import MarkedProcess, find_marked_processes
-from pytest_leanhost.probe import ProcessTable
+from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
+from pytest_leanhost.core.probe import ProcessTable
 
 # What loads only when there is something to judge, wait for or stop: a run
 # whose tests started no server never imports the doctor, the scan or psutil.
 if TYPE_CHECKING:
     import psutil
 
-    from pytest_leanhost.probe import JudgedRecord
+    from pytest_leanhost.core.probe import JudgedRecord
 
 __all__ = [
     "Finding",
@@ -141,7 +141,7 @@ def scan_session(
     if candidates and grace > 0:
         import psutil
 
-        from pytest_leanhost.processes import wait_gone
+        from pytest_leanhost.core.processes import wait_gone
 
         procs = []
         for pid in set(candidates):
@@ -190,8 +190,8 @@ def _judge_registries(
     registries: Iterable[str], table: ProcessTable
 ) -> tuple[dict[str, list[JudgedRecord]], dict[str, str]]:
     """Each registry's records judged against ``table``; the registries that cannot be read."""
-    from pytest_leanhost.doctor import inspect_registry
-    from pytest_leanhost.registry import RegistryUnreadableError
+    from pytest_leanhost.core.doctor import inspect_registry
+    from pytest_leanhost.core.registry import RegistryUnreadableError
 
     judged: dict[str, list[JudgedRecord]] = {}
     unreadable: dict[str, str] = {}
@@ -361,7 +361,7 @@ def _stop_all(
         return set()
     import psutil
 
-    from pytest_leanhost.processes import wait_gone
+    from pytest_leanhost.core.processes import wait_gone
 
     for proc, _ in targets.values():
         with contextlib.suppress(psutil.Error):
@@ -380,7 +380,7 @@ def _stop_all(
 
 def _remove_if_unchanged(path: str, judged: bytes) -> bool:
     """Remove ``path`` only if it is still the regular file that was judged."""
-    from pytest_leanhost.registry import read_entry
+    from pytest_leanhost.core.registry import read_entry
 
     current = read_entry(path)
     if current is None or current.data != judged:

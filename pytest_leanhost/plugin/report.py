@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_leanhost.leaks import Finding
+    from pytest_leanhost.core.check import Finding
 
 __all__ = [
     "JUNIT_CASE_NAME",
