@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import ProcessRecord
 
 # Bytecode cached, as for an installed package (PYTHONDONTWRITEBYTECODE would make
 # every timed run compile the package from source).
@@ -45,7 +46,7 @@ def write_records(registry: Path, procs: list[subprocess.Popen[bytes]]) -> None:
             process_group_id=os.getpgrp(),
             transport="stdio",
         )
-        write_record_atomically(registry / f"{proc.pid}.json", record.to_json_bytes())
+        write_atomically(registry / f"{proc.pid}.json", record.to_json_bytes())
 
 
 def time_command(argv: list[str], runs: int) -> float:

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from pytest_leanhost.core.check import scan_session
+from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.state import registry_name
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.record import ProcessRecord
 
 
 def bench_env() -> dict[str, str]:
@@ -96,7 +97,7 @@ def bench_session_check(registries: int, records: int, runs: int) -> None:
                     record = ProcessRecord(
                         proc.pid, "/usr/bin/sleep", "/", now, os.getpid(), os.getpgrp(), "stdio"
                     )
-                    write_record_atomically(path / f"{proc.pid}.json", record.to_json_bytes())
+                    write_atomically(path / f"{proc.pid}.json", record.to_json_bytes())
             samples = []
             for _ in range(runs):
                 start = time.perf_counter()

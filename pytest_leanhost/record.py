@@ -16,12 +16,13 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pytest_leanhost.files import write_atomically
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -31,6 +32,7 @@ __all__ = [
     "RegistryError",
     "ServerProcessRegistration",
     "current_executable",
+    "current_process_record",
     "register_server_process",
     "registry_dir",
 ]
@@ -246,16 +248,25 @@ def current_executable() -> str:
     return os.path.realpath(sys.executable)
 
 
-def _parent_pid_at_start() -> int | None:
-    return os.getppid() if hasattr(os, "getppid") and os.name == "posix" else None
+def current_process_record(
+    transport: str, bind: str | None = None, http_path: str | None = None
+) -> ProcessRecord:
+    """The record of this process, every field filled as lean-host-mcp fills it.
 
-
-def _process_group_id() -> int | None:
-    return os.getpgrp() if os.name == "posix" else None
-
-
-def _unix_millis() -> int:
-    return time.time_ns() // 1_000_000
+    The parent is ``os.getppid()`` (the launching client, or 1 once orphaned); the
+    process group is only known on POSIX; the start time is the wall clock now.
+    """
+    return ProcessRecord(
+        pid=os.getpid(),
+        executable=current_executable(),
+        cwd=os.getcwd(),
+        started_unix_millis=time.time_ns() // 1_000_000,
+        parent_pid_at_start=os.getppid(),
+        process_group_id=os.getpgrp() if os.name == "posix" else None,
+        transport=transport,
+        bind=bind,
+        http_path=http_path,
+    )
 
 
 class ServerProcessRegistration:
@@ -336,37 +347,10 @@ def register_server_process(
     directory = Path(registry) if registry is not None else registry_dir()
     if not directory.is_dir():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pid = os.getpid()
-    record = ProcessRecord(
-        pid=pid,
-        executable=current_executable(),
-        cwd=os.getcwd(),
-        started_unix_millis=_unix_millis(),
-        parent_pid_at_start=_parent_pid_at_start(),
-        process_group_id=_process_group_id(),
-        transport=transport,
-        bind=bind,
-        http_path=http_path,
-    )
-    path = directory / f"{pid}.json"
-    write_record_atomically(path, record.to_json_bytes())
+    record = current_process_record(transport, bind, http_path)
+    path = directory / f"{record.pid}.json"
+    write_atomically(path, record.to_json_bytes())
     registration = ServerProcessRegistration(path, record)
     if install_signal_handlers:
         registration._install_sigterm_handler()
     return registration
-
-
-def write_record_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
-
-    The temporary name does not end in ``.json``, so no reader takes it for a record.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise

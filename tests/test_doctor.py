@@ -19,7 +19,8 @@ from pytest_leanhost.core.doctor import (
 )
 from pytest_leanhost.core.probe import JudgedRecord, ProcessTable
 from pytest_leanhost.core.registry import RegistryEntry
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import ProcessRecord
 from tests.children import Children, poll
 
 
@@ -56,7 +57,7 @@ def plant_record(registry: Path, pid: int, *, started: int, transport: str = "st
         transport=transport,
     )
     path = registry / f"{pid}.json"
-    write_record_atomically(path, record.to_json_bytes())
+    write_atomically(path, record.to_json_bytes())
     return path
 
 
@@ -172,7 +173,7 @@ def test_http_record_shows_bind_and_path(tmp_path: Path, children: Children) -> 
     path = tmp_path / f"{server.pid}.json"
     record = ProcessRecord.from_json_bytes(path.read_bytes())
     http = ProcessRecord(**{**record.__dict__, "bind": "127.0.0.1:8765", "http_path": "/mcp"})
-    write_record_atomically(path, http.to_json_bytes())
+    write_atomically(path, http.to_json_bytes())
     line = render_lines(only(tmp_path))[0]
     assert " transport=http bind=127.0.0.1:8765 http_path=/mcp " in line
 
@@ -242,7 +243,7 @@ def test_cleanup_removes_only_records_of_dead_or_reused_pids(
     (tmp_path / "corrupt.json").write_bytes(b"{")
     (tmp_path / "notes.txt").write_text("not a record")
     outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
-    write_record_atomically(outside, (tmp_path / f"{dead.pid}.json").read_bytes())
+    write_atomically(outside, (tmp_path / f"{dead.pid}.json").read_bytes())
     (tmp_path / "link.json").symlink_to(outside)
     judged = inspect_registry(tmp_path)
     result = cleanup_stale_records(judged)
@@ -267,9 +268,7 @@ def test_cleanup_leaves_a_record_rewritten_since_it_was_judged(
     judged = inspect_registry(tmp_path)
     path = tmp_path / f"{dead.pid}.json"
     fresh = ProcessRecord.from_json_bytes(path.read_bytes())
-    write_record_atomically(
-        path, ProcessRecord(**{**fresh.__dict__, "cwd": "/new"}).to_json_bytes()
-    )
+    write_atomically(path, ProcessRecord(**{**fresh.__dict__, "cwd": "/new"}).to_json_bytes())
     assert cleanup_stale_records(judged).removed == ()
     assert path.exists()
 

@@ -271,7 +271,8 @@ def test_the_command_line_option_sets_the_server_command_and_wins_over_the_ini(
 DOCTOR_SUITE = """
 import subprocess, sys
 import pytest
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import ProcessRecord
 
 def plant_stale_record(registry):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -279,7 +280,7 @@ def plant_stale_record(registry):
     pid = int(dead.stdout)  # exited and reaped: a dead PID
     record = ProcessRecord(pid, sys.executable, "/", 1, None, None, "stdio")
     path = registry / f"{pid}.json"
-    write_record_atomically(path, record.to_json_bytes())
+    write_atomically(path, record.to_json_bytes())
     return pid, path
 
 def test_inspect_text_cleanup(leanhost_server, leanhost_doctor, leanhost_registry):

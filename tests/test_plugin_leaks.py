@@ -64,7 +64,8 @@ def kinds(data: dict[str, Any]) -> list[tuple[str, str]]:
 PLANT = """
 import os, time
 from pathlib import Path
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import ProcessRecord
 
 def plant(pid, started_millis, owner=None, registry_mode=None):
     registry = Path(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
@@ -73,7 +74,7 @@ def plant(pid, started_millis, owner=None, registry_mode=None):
         registry.chmod(registry_mode)
     path = registry / f"{pid}.json"
     record = ProcessRecord(pid, "/bin/x", "/", started_millis, None, None, "stdio")
-    write_record_atomically(path, record.to_json_bytes())
+    write_atomically(path, record.to_json_bytes())
     if owner is not None:
         os.chown(path, owner, owner)
 """

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pytest_leanhost.core.probe import JudgedRecord, ProcessTable, judge_entries, registry_trust
-from pytest_leanhost.core.registry import read_entry, scan_registry
+from pytest_leanhost.core.registry import scan_registry
+from pytest_leanhost.files import remove_if_unchanged
 from pytest_leanhost.record import ProcessRecord
 
 __all__ = [
@@ -174,17 +175,14 @@ def cleanup_stale_records(
     removed: list[str] = []
     failed: list[tuple[str, str]] = []
     for item in judged:
-        if item.entry.record is None or item.verdict not in ("stale", "reused"):
-            continue
-        current = read_entry(item.path)
-        if current is None:
-            continue  # already removed by someone else
-        if current.data != item.entry.data:
-            continue  # rewritten since we judged it: not the record we judged
+        data = item.entry.data
+        if item.entry.record is None or item.verdict not in ("stale", "reused") or data is None:
+            continue  # only a stale record whose judged bytes are known can be proven unchanged
         try:
-            os.unlink(item.path)
-        except FileNotFoundError:
-            continue
+            # Gone, rewritten since it was judged (a new server took the PID), or no
+            # longer a regular file: not the record that was judged, so left alone.
+            if not remove_if_unchanged(item.path, data):
+                continue
         except OSError as exc:
             failed.append((item.path, exc.strerror or str(exc)))
             continue

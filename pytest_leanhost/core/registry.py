@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 
+from pytest_leanhost.files import read_regular_file
 from pytest_leanhost.record import MAX_RECORD_BYTES, ProcessRecord, RecordError
 
 __all__ = [
@@ -22,10 +23,6 @@ __all__ = [
     "read_entry",
     "scan_registry",
 ]
-
-# O_NOFOLLOW: a symlink swapped in after lstat() fails to open instead of being read.
-# O_NONBLOCK: a FIFO swapped in after lstat() cannot block the scan.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 class RegistryUnreadableError(OSError):
@@ -110,7 +107,7 @@ def read_entry(path: str) -> RegistryEntry | None:
     if info.st_size > MAX_RECORD_BYTES:
         return _problem(path, owner, f"larger than {MAX_RECORD_BYTES} bytes ({info.st_size})")
     try:
-        data = _read_regular_file(path)
+        data = read_regular_file(path, MAX_RECORD_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -124,24 +121,6 @@ def read_entry(path: str) -> RegistryEntry | None:
     except RecordError as exc:
         return RegistryEntry(path, None, str(exc), owner, data)
     return RegistryEntry(path, record, None, owner, data)
-
-
-def _read_regular_file(path: str) -> bytes:
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        chunks = []
-        remaining = MAX_RECORD_BYTES + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _problem(path: str, owner: int | None, reason: str) -> RegistryEntry:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from pytest_leanhost.files import write_atomically
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.check import Finding
@@ -89,17 +90,7 @@ def write_json_report(
         "check_seconds": round(check_seconds, 6),
         "findings": [finding.to_json() for finding in findings],
     }
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".leanhost-report-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def add_junit_failure(xml_path: str | os.PathLike[str], failing: Sequence[Finding]) -> None:

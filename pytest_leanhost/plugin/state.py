@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from pytest_leanhost.files import write_atomically
+
 __all__ = ["STATE_KEY", "SessionState", "nodeid_of_registry_name", "registry_name"]
 
 _MAX_NAME = 200  # file-system names stop at 255 bytes
@@ -134,10 +136,7 @@ class SessionState:
         with FileLock(path + ".lock"):
             index = self._read_index()
             change(index)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(index, handle)
-            os.replace(tmp, path)
+            write_atomically(path, json.dumps(index).encode("utf-8"))
 
 
 STATE_KEY = pytest.StashKey[SessionState]()

@@ -18,17 +18,15 @@ import os
 import select
 import signal
 import threading
-import time
 import types
 from pathlib import Path
 
+from pytest_leanhost.files import write_atomically
 from pytest_leanhost.record import (
-    ProcessRecord,
     ServerProcessRegistration,
-    current_executable,
+    current_process_record,
     register_server_process,
     registry_dir,
-    write_record_atomically,
 )
 from pytest_leanhost.refserver.cli import Config
 
@@ -130,18 +128,8 @@ def _register_corrupt(
     directory = registry_dir()
     if not directory.is_dir():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    record = ProcessRecord(
-        pid=os.getpid(),
-        executable=current_executable(),
-        cwd=os.getcwd(),
-        started_unix_millis=time.time_ns() // 1_000_000,
-        parent_pid_at_start=os.getppid(),
-        process_group_id=os.getpgrp(),
-        transport=transport,
-        bind=bind,
-        http_path=http_path,
-    )
+    record = current_process_record(transport, bind, http_path)
     data = record.to_json_bytes()
     path = Path(directory) / f"{record.pid}.json"
-    write_record_atomically(path, data[: len(data) // 2])
+    write_atomically(path, data[: len(data) // 2])
     return ServerProcessRegistration(path, record)
