@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import psutil
 
 from pytest_leanhost.client.spawn import ServerProcess, spawn_server
-from pytest_leanhost.core.processes import stop_exact
+from pytest_leanhost.core.processes import PinnedProcess, wait_gone
+from pytest_leanhost.stopping import poll_until, stop_ladder
 
 # A minimal server: registers in argv[2] with transport argv[1], prints its PID,
 # then lives until its stdin closes, or (with argv[3] == "sleep") for two minutes.
@@ -38,15 +38,8 @@ os._exit(0)
 
 
 def poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` with a short backoff until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return True
+    """Poll ``condition`` with the package's backoff until it holds or ``timeout`` passes."""
+    return poll_until(condition, timeout)
 
 
 class Children:
@@ -84,12 +77,10 @@ class Children:
 
     def close(self) -> None:
         for proc in self._adopted:
-            # psutil refuses to signal a PID that now names another process.
-            try:
-                proc.kill()
-                proc.wait(10)
-            except psutil.NoSuchProcess:
-                pass
+            # Pinned: a PID that now names another process is never signalled.
+            pinned = PinnedProcess.of(proc)
+            if pinned.kill():
+                assert wait_gone([pinned], 10) == []
         for child in self._popen:
             if child.poll() is None:
                 child.kill()
@@ -122,5 +113,4 @@ class Started:
     def close(self) -> None:
         for server in self.servers:
             server.stop(timeout=2.0)
-        for proc in self.strays:
-            stop_exact(proc, 2.0)
+        stop_ladder([PinnedProcess.of(proc) for proc in self.strays], 2.0)

@@ -7,17 +7,16 @@ whatever a broken run left, pass or fail.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import secrets
 from typing import Any
 
-import psutil
 import pytest
 
 from pytest_leanhost.core.ownership import find_marked_processes, processes_carrying
 from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 
 #: Every process an inner run starts inherits this variable (a fresh value per test),
 #: so the teardown can find and stop by exact PID whatever a broken run left behind.
@@ -65,15 +64,14 @@ class InnerPytest:
         assert report.exists(), result.stdout.str() + result.stderr.str()
         return InnerRun(result, json.loads(report.read_text()))
 
-    def leftovers(self) -> list[psutil.Process]:
+    def leftovers(self) -> list[PinnedProcess]:
         """Live processes (not zombies) that an inner run of this test started."""
         name, _, value = self.marker.partition("=")
         found = []
         for pid, marked in processes_carrying(name, value, ProcessTable.snapshot()).items():
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                if proc.create_time() == marked.create_time:  # still the one we found
-                    found.append(proc)
+            proc = PinnedProcess(pid, marked.create_time)
+            if not proc.is_gone():  # still the one we found
+                found.append(proc)
         return found
 
     def assert_nothing_left(self, run: InnerRun) -> None:
@@ -82,9 +80,10 @@ class InnerPytest:
         assert [proc.pid for proc in self.leftovers()] == []
 
     def kill_leftovers(self) -> None:
-        """SIGKILL each leftover by exact PID (psutil pinned its create time) and reap it."""
-        procs = self.leftovers()
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(procs, timeout=5)
+        """SIGKILL each leftover by exact PID (its create time checked) and wait until it is gone.
+
+        Never reaped here: a leftover's parent, or the subreaper it was reparented to,
+        waits for it; a zombie counts as gone.
+        """
+        procs = [proc for proc in self.leftovers() if proc.kill()]
+        wait_gone(procs, 5)

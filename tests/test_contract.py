@@ -23,8 +23,9 @@ import pytest
 
 from pytest_leanhost.client.mcp import StdioClient
 from pytest_leanhost.client.spawn import ServerProcess, ServerStartError
-from pytest_leanhost.core.processes import is_gone, stop_exact, wait_gone
+from pytest_leanhost.core.processes import PinnedProcess, is_gone, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
+from pytest_leanhost.stopping import stop_ladder
 from tests.children import Started, poll
 
 REFSERVER = [sys.executable, "-m", "pytest_leanhost.refserver"]
@@ -87,7 +88,7 @@ def launched_by_a_parent(
         yield parent, server, stdin.close
     finally:
         if server is not None:
-            stop_exact(server, 2.0)
+            stop_ladder([PinnedProcess.of(server)], 2.0)
         if parent.poll() is None:
             parent.kill()
         parent.wait(10)
@@ -294,7 +295,7 @@ def test_fault_orphan_worker_breaks_only_rule6(started: Started) -> None:
     assert not is_gone(worker)
     assert worker.ppid() != server.pid  # reparented, recordless
     assert registry_files(started.registry) == []
-    assert stop_exact(worker, 2.0) == "terminated"
+    assert stop_ladder([PinnedProcess.of(worker)], 2.0) == ["terminate"]
 
 
 def test_fault_ignore_sigterm_breaks_only_the_sigterm_rule(started: Started) -> None:

@@ -20,8 +20,9 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from pytest_leanhost.client.mcp import McpError
-from pytest_leanhost.core.processes import stop_exact, wait_gone
+from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
+from pytest_leanhost.stopping import stop_ladder
 from tests.children import Started, poll
 
 SDK_SERVER = [
@@ -93,7 +94,7 @@ def test_sdk_stdio_client_drives_the_refserver_which_exits_on_close(tmp_path: Pa
         assert list(registry.glob("*.json")) == []
     finally:
         for proc in servers:
-            stop_exact(proc, 2.0)
+            stop_ladder([PinnedProcess.of(proc)], 2.0)
 
 
 def test_sdk_http_client_drives_the_refserver(started: Started) -> None:

@@ -21,8 +21,9 @@ import pytest
 
 from pytest_leanhost.client import spawn
 from pytest_leanhost.client.spawn import ServerStartError, spawn_server
-from pytest_leanhost.core.processes import is_gone, stop_exact, wait_gone
+from pytest_leanhost.core.processes import PinnedProcess, is_gone, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV
+from pytest_leanhost.stopping import stop_ladder
 from tests.children import Started
 
 PY = sys.executable
@@ -79,9 +80,10 @@ with register_server_process("stdio"):
 CORRUPT_RECORD = """
 import os, sys
 from pathlib import Path
-from pytest_leanhost.record import REGISTRY_ENV, write_record_atomically
+from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import REGISTRY_ENV
 path = Path(os.environ[REGISTRY_ENV]) / f"{os.getpid()}.json"
-write_record_atomically(path, b'{"pid": ')
+write_atomically(path, b'{"pid": ')
 try:
     sys.stdin.buffer.read()
 finally:
@@ -383,14 +385,14 @@ def test_wait_gone_returns_the_processes_still_alive(
     assert time.monotonic() - started_at >= 0.1  # it waited its timeout out
 
 
-def test_stop_exact_terminates_then_kills_then_reports_gone(
+def test_the_ladder_terminates_then_kills_then_reports_gone(
     popen_children: list[subprocess.Popen[bytes]],
 ) -> None:
-    polite = sleeper(popen_children)
-    deaf = sleeper(popen_children, ignore_sigterm=True)
-    assert stop_exact(polite, 5) == "terminated"
-    assert stop_exact(deaf, 0.1) == "killed"
-    assert stop_exact(polite, 5) == "gone"
+    polite = PinnedProcess.of(sleeper(popen_children))
+    deaf = PinnedProcess.of(sleeper(popen_children, ignore_sigterm=True))
+    assert stop_ladder([polite], 5) == ["terminate"]
+    assert stop_ladder([deaf], 0.1) == ["kill"]
+    assert stop_ladder([polite], 5) == ["gone"]
     assert [child.wait(5) for child in popen_children] == [-signal.SIGTERM, -signal.SIGKILL]
 
 

@@ -5,7 +5,7 @@ a user's own), waits for its process record and returns a :class:`ServerProcess`
 :meth:`ServerProcess.stop` walks the lifecycle contract's shutdown ladder and reports,
 as a :class:`StopResult`, which rung ended the server, whether it removed its record
 and which of its workers survived it. Every signal goes to the exact PID that was
-started, after psutil checked that the PID still names that process (same create time).
+started, after checking that the PID still names that process (same create time).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -22,8 +23,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import psutil
 
 from pytest_leanhost.client.mcp import (
     DEFAULT_PROTOCOL_VERSION,
@@ -34,8 +33,10 @@ from pytest_leanhost.client.mcp import (
     PipeLineReader,
     StdioClient,
 )
-from pytest_leanhost.core.processes import is_gone, wait_gone
+from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
+from pytest_leanhost.stopping import Backoff, stop_ladder
+from pytest_leanhost.stopping import Rung as LadderRung
 
 __all__ = [
     "McpError",
@@ -54,6 +55,16 @@ _MAX_TAIL_LINE = 4096  # a longer stderr line is kept in pieces of this size
 _PORT_RETRIES = 5  # fresh ports tried when the chosen one was taken in between
 _WORKER_GRACE = 1.0  # how long workers get to follow their exited server
 _START_FAILURE_GRACE = 1.0  # per rung, when stopping a server that failed to start
+
+#: The ladder's rungs as a server's stop reports them. A server that outlives even
+#: SIGKILL's wait is killed again and reaped when its pipes are closed.
+_RUNGS: dict[LadderRung, Rung] = {
+    "gone": "already_exited",
+    "first": "stdin_eof",
+    "terminate": "sigterm",
+    "kill": "sigkill",
+    "survived": "sigkill",
+}
 
 
 class ServerStartError(RuntimeError):
@@ -153,26 +164,6 @@ def _accepts(bind: str) -> bool:
         return False
 
 
-class _Backoff:
-    """Sleeps 1 ms, then 10 % longer each time, up to 50 ms, never past a deadline.
-
-    The gentle growth keeps the overshoot past the moment a server registered under
-    a tenth of its start-up time (a doubling backoff could add nearly as much again),
-    at the cost of a few more ``stat`` calls.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self._delay = 0.001
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
-
-    def sleep(self) -> None:
-        time.sleep(max(0.0, min(self._delay, self.deadline - time.monotonic())))
-        self._delay = min(self._delay * 1.1, 0.05)
-
-
 class ServerProcess:
     """A started, registered server: its PID and record, an MCP client, and the ladder.
 
@@ -194,7 +185,7 @@ class ServerProcess:
     ) -> None:
         self._popen = popen
         # Captured while the child cannot have been reaped: pins its create time.
-        self._proc = psutil.Process(popen.pid)
+        self._pinned = PinnedProcess.now(popen.pid)
         self.pid = popen.pid
         self.command: tuple[str, ...] = tuple(command)
         self.transport: Transport = transport
@@ -300,15 +291,11 @@ class ServerProcess:
         """PIDs of the server's live direct children."""
         return [child.pid for child in self._children(recursive=False)]
 
-    def _children(self, *, recursive: bool) -> list[psutil.Process]:
+    def _children(self, *, recursive: bool) -> list[PinnedProcess]:
         # Rule: once reaped, the PID may name another process: an exited server has none.
         if self._popen.poll() is not None:
             return []
-        try:
-            children = self._proc.children(recursive=recursive)
-        except psutil.NoSuchProcess:
-            return []
-        return [child for child in children if not is_gone(child)]
+        return self._pinned.children(recursive=recursive)
 
     def close_stdin(self) -> None:
         """Close the server's stdin (stdio: the contract's first shutdown rung)."""
@@ -328,41 +315,31 @@ class ServerProcess:
 
     def send_signal(self, signum: int) -> bool:
         """Send ``signum`` to the exact server PID; False (no-op) when it already exited."""
-        return self._signal(lambda: self._proc.send_signal(signum))
-
-    def _signal(self, send: Callable[[], None]) -> bool:
-        # Rule: signal only our own unreaped child, through psutil's create-time check.
+        # Rule: signal only our own unreaped child, and only through its pinned create time.
         if self._popen.poll() is not None:
             return False
-        try:
-            send()
-        except psutil.NoSuchProcess:
-            return False
-        return True
+        return self._pinned.send_signal(signum)
 
     def terminate(self) -> bool:
         """SIGTERM the exact server PID; False (no-op) when it already exited."""
-        return self._signal(self._proc.terminate)
+        return self.send_signal(signal.SIGTERM)
 
     def kill(self) -> bool:
         """SIGKILL the exact server PID; False (no-op) when it already exited."""
-        return self._signal(self._proc.kill)
+        return self.send_signal(signal.SIGKILL)
+
+    def is_gone(self) -> bool:
+        """Whether the server exited (and was reaped: it is our child, we reap our own)."""
+        return self._popen.poll() is not None
 
     def _ladder(self, timeout: float) -> Rung:
-        if self._popen.poll() is not None:
-            return "already_exited"
+        first: Callable[[], object] | None = None
         if self.transport == "stdio":
-            self.close_stdin()
-            if self.wait(timeout) is not None:
-                return "stdin_eof"
-        elif self._http is not None:
+            first = self.close_stdin
+        elif self._http is not None and not self.is_gone():
             self._http.close()  # DELETE ends the MCP session first
-        self.terminate()
-        if self.wait(timeout) is not None:
-            return "sigterm"
-        self.kill()
-        self._popen.wait()  # SIGKILL cannot be refused; reap it
-        return "sigkill"
+        (rung,) = stop_ladder([self], timeout, first=first, kill_timeout=timeout)
+        return _RUNGS[rung]
 
     def stop(self, timeout: float = 10.0) -> StopResult:
         """Stop the server by the contract's ladder; report how. Idempotent.
@@ -444,7 +421,7 @@ def _start(
 
 def _wait_ready(server: ServerProcess, ready_timeout: float) -> None:
     """Poll until the record parses (and, for HTTP, the port accepts); raise on failure."""
-    backoff = _Backoff(ready_timeout)
+    backoff = Backoff(ready_timeout)
     while True:
         status = server.returncode
         if status is not None:

@@ -23,9 +23,8 @@ from pytest_leanhost.core.probe import ProcessTable
 # What loads only when there is something to judge, wait for or stop: a run
 # whose tests started no server never imports the doctor, the scan or psutil.
 if TYPE_CHECKING:
-    import psutil
-
     from pytest_leanhost.core.probe import JudgedRecord
+    from pytest_leanhost.core.processes import PinnedProcess
 
 __all__ = [
     "Finding",
@@ -322,7 +321,7 @@ def clean_up(findings: Sequence[Finding], shutdown_timeout: float) -> None:
     the bytes that were judged, and only the record of a stale PID, a corrupt
     regular file, or the record of a server just stopped.
     """
-    targets: dict[int, tuple[psutil.Process, list[Finding]]] = {}
+    targets: dict[int, tuple[PinnedProcess, list[Finding]]] = {}
     for finding in findings:
         if not finding.owned or finding.pid is None or finding.create_time is None:
             continue
@@ -342,51 +341,40 @@ def clean_up(findings: Sequence[Finding], shutdown_timeout: float) -> None:
             finding.action = "record_removed" if finding.action == "none" else finding.action
 
 
-def _pinned(pid: int, create_time: float) -> psutil.Process | None:
-    import psutil
+def _pinned(pid: int, create_time: float) -> PinnedProcess | None:
+    """The process found as (``pid``, ``create_time``) if that PID still names it."""
+    from pytest_leanhost.core.processes import PinnedProcess
 
-    try:
-        proc = psutil.Process(pid)
-        same = abs(proc.create_time() - create_time) < 0.01
-    except psutil.Error:
-        return None
-    return proc if same else None
+    proc = PinnedProcess(pid, create_time)
+    return proc if proc.process() is not None else None
 
 
 def _stop_all(
-    targets: Mapping[int, tuple[psutil.Process, list[Finding]]], timeout: float
+    targets: Mapping[int, tuple[PinnedProcess, list[Finding]]], timeout: float
 ) -> set[int]:
-    """Stop every target; returns the PIDs that survived even SIGKILL."""
+    """Stop every target by the one ladder; returns the PIDs that survived even SIGKILL."""
     if not targets:
         return set()
-    import psutil
+    from pytest_leanhost.stopping import stop_ladder
 
-    from pytest_leanhost.core.processes import wait_gone
-
-    for proc, _ in targets.values():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()  # psutil refuses a PID whose create time changed
-    stubborn = wait_gone([proc for proc, _ in targets.values()], timeout)
-    for proc in stubborn:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    survivors = {proc.pid for proc in wait_gone(stubborn, 5.0)}
-    killed = {proc.pid for proc in stubborn}
-    for proc, owned_findings in targets.values():
+    procs = [proc for proc, _ in targets.values()]
+    rungs = stop_ladder(procs, timeout)
+    survivors: set[int] = set()
+    for (proc, owned_findings), rung in zip(targets.values(), rungs, strict=True):
+        # One that exited between the scan and the first signal counts as terminated.
+        action = "killed" if rung in ("kill", "survived") else "terminated"
         for finding in owned_findings:
-            finding.action = "killed" if proc.pid in killed else "terminated"
+            finding.action = action
+        if rung == "survived":
+            survivors.add(proc.pid)
     return survivors
 
 
 def _remove_if_unchanged(path: str, judged: bytes) -> bool:
     """Remove ``path`` only if it is still the regular file that was judged."""
-    from pytest_leanhost.core.registry import read_entry
+    from pytest_leanhost.files import remove_if_unchanged
 
-    current = read_entry(path)
-    if current is None or current.data != judged:
-        return False  # gone, no longer a regular file, or rewritten (a new server)
     try:
-        os.unlink(path)
+        return remove_if_unchanged(path, judged)
     except OSError:
         return False
-    return True

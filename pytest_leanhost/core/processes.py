@@ -1,81 +1,155 @@
-"""Small helpers over psutil for processes this project started itself.
+"""The pinned process: a PID plus the create time it had when it was known to be ours.
 
-Every helper takes a :class:`psutil.Process` captured while the process was known to be
-ours: psutil remembers its create time, so a PID that was reused by another process is
-never mistaken for it, and psutil refuses to signal such a PID. Nothing here looks a
-process up by name.
+Everything that asks "is this still the same process?" asks :class:`PinnedProcess`
+(:func:`same_create_time`), and every signal the host side sends goes through it:
+the create time is read again right before each signal, so a PID that now names a
+younger process is never signalled. It is a :class:`~pytest_leanhost.stopping.Stoppable`,
+so the one shutdown ladder stops it. Nothing here looks a process up by name, and
+nothing here reaps: a child's ``Popen`` reaps its own, and a PID that someone else
+may wait for is never waited on (no ``waitpid``).
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import signal
 from collections.abc import Iterable
-from typing import Literal
+from typing import TypeVar
 
 import psutil
 
-__all__ = ["StopOutcome", "is_gone", "stop_exact", "wait_gone"]
+from pytest_leanhost.stopping import wait_for
 
-#: How :func:`stop_exact` ended a process.
-StopOutcome = Literal["gone", "terminated", "killed"]
+__all__ = [
+    "CREATE_TIME_TOLERANCE",
+    "PinnedProcess",
+    "is_gone",
+    "pin",
+    "same_create_time",
+    "wait_gone",
+]
 
-_FIRST_DELAY = 0.001
-_MAX_DELAY = 0.05
+#: Two create times of one PID within this many seconds are the same process.
+#:
+#: psutil computes a create time as ``/proc/PID/stat`` start ticks / ``SC_CLK_TCK``
+#: plus the boot time from ``/proc/stat``, and so does the probe's own ``/proc``
+#: reader: within one boot two readings of one process agree to the last bit, or
+#: differ by float rounding (far below a microsecond) where they were computed in
+#: another order or elsewhere (``process_iter``). The boot time as read can move by
+#: a tick on some kernels, 10 ms at ``SC_CLK_TCK`` = 100. 50 ms is five such ticks.
+#: A PID is reused only after the kernel has handed out every other free PID
+#: (``pid_max``, 32768 at the least), so a newcomer starts seconds, not
+#: milliseconds, after the process it replaces. Should the wall clock be stepped
+#: between two readings (the boot time then moves with it, in whole seconds), the
+#: process is refused as a stranger: the safe side, nothing is signalled.
+CREATE_TIME_TOLERANCE = 0.05
+
+P = TypeVar("P", "psutil.Process", "PinnedProcess")
 
 
-def is_gone(proc: psutil.Process) -> bool:
-    """Whether ``proc`` no longer runs: exited, its PID reused, or a zombie.
+def same_create_time(first: float, second: float) -> bool:
+    """Whether two create times read for one PID name the same process."""
+    return abs(first - second) <= CREATE_TIME_TOLERANCE
 
-    A zombie has exited; it only waits for its parent to reap it, and ``kill -0``
-    would still succeed on it, so it counts as gone.
-    """
-    try:
-        # is_running() compares the create time: False for a reused PID.
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+
+@dataclasses.dataclass(frozen=True)
+class PinnedProcess:
+    """A process named by PID and create time; every question and signal checks both."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def now(cls, pid: int) -> PinnedProcess:
+        """Pin what runs as ``pid`` now (a child just started); ``psutil.NoSuchProcess`` if none."""
+        return cls(pid, psutil.Process(pid).create_time())
+
+    @classmethod
+    def of(cls, proc: psutil.Process) -> PinnedProcess:
+        """Pin the process a ``psutil.Process`` was made for (psutil remembers its create time)."""
+        return cls(proc.pid, proc.create_time())
+
+    def process(self) -> psutil.Process | None:
+        """A psutil handle on this PID if it still names this process (a zombie too), else None."""
+        try:
+            proc = psutil.Process(self.pid)
+            return proc if same_create_time(proc.create_time(), self.create_time) else None
+        except psutil.NoSuchProcess:
+            return None
+
+    def is_gone(self) -> bool:
+        """Whether it no longer runs: exited, its PID reused, or a zombie.
+
+        A zombie has exited and only waits to be reaped (``kill -0`` still succeeds
+        on it, and ``psutil.wait_procs`` never sees one that is not the caller's own
+        child exit), so it counts as gone.
+        """
+        proc = self.process()
+        if proc is None:
+            return True
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.AccessDenied:
+            return False  # it exists, we just may not look at it
+
+    def send_signal(self, signum: int) -> bool:
+        """Send ``signum`` if the PID still names this process; False when nothing was sent."""
+        proc = self.process()  # the create time, checked right before the signal
+        if proc is None:
+            return False
+        try:
+            proc.send_signal(signum)
+        except psutil.Error:
+            return False
         return True
-    except psutil.AccessDenied:
-        return False  # it exists, we just may not look at it
+
+    def terminate(self) -> bool:
+        """SIGTERM, only to this very process."""
+        return self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> bool:
+        """SIGKILL, only to this very process."""
+        return self.send_signal(signal.SIGKILL)
+
+    def children(self, *, recursive: bool = False) -> list[PinnedProcess]:
+        """Its live descendants (direct ones unless ``recursive``), each pinned now."""
+        proc = self.process()
+        if proc is None:
+            return []
+        try:
+            found = proc.children(recursive=recursive)
+        except psutil.NoSuchProcess:
+            return []
+        pinned = []
+        for child in found:
+            try:
+                pinned.append(PinnedProcess.of(child))
+            except psutil.NoSuchProcess:
+                continue
+        return [child for child in pinned if not child.is_gone()]
 
 
-def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+def pin(proc: psutil.Process | PinnedProcess) -> PinnedProcess | None:
+    """``proc`` as a :class:`PinnedProcess`; None if it was gone before its create time was read."""
+    if isinstance(proc, PinnedProcess):
+        return proc
+    try:
+        return PinnedProcess.of(proc)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def is_gone(proc: psutil.Process | PinnedProcess) -> bool:
+    """Whether ``proc`` no longer runs (see :meth:`PinnedProcess.is_gone`)."""
+    pinned = pin(proc)
+    return pinned is None or pinned.is_gone()
+
+
+def wait_gone(procs: Iterable[P], timeout: float) -> list[P]:
     """Wait up to ``timeout`` seconds for every process to be gone; return those still alive.
 
-    Polls with a short backoff (1 ms growing to 50 ms) rather than sleeping idly, and
-    treats a zombie as gone (``psutil.wait_procs`` would wait its full timeout for a
-    zombie that is not the caller's own child).
+    Polls with :class:`~pytest_leanhost.stopping.Backoff` and counts a zombie as gone.
     """
-    alive = [proc for proc in procs if not is_gone(proc)]
-    deadline = time.monotonic() + timeout
-    delay = _FIRST_DELAY
-    while alive:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, _MAX_DELAY)
-        alive = [proc for proc in alive if not is_gone(proc)]
-    return alive
-
-
-def stop_exact(proc: psutil.Process, timeout: float) -> StopOutcome:
-    """Stop exactly ``proc``: SIGTERM, wait ``timeout``, then SIGKILL and wait again.
-
-    Returns ``"gone"`` when it was already gone (no signal sent), ``"terminated"`` when
-    SIGTERM ended it, ``"killed"`` when SIGKILL was needed. psutil checks the create
-    time before each signal, so a reused PID is never signalled.
-    """
-    if is_gone(proc):
-        return "gone"
-    try:
-        proc.terminate()
-    except psutil.NoSuchProcess:
-        return "gone"
-    if not wait_gone([proc], timeout):
-        return "terminated"
-    try:
-        proc.kill()
-    except psutil.NoSuchProcess:
-        return "terminated"
-    wait_gone([proc], max(timeout, 1.0))
-    return "killed"
+    return wait_for(procs, is_gone, timeout)

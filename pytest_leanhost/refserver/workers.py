@@ -9,9 +9,9 @@ a worker has no such pipe and simply lives for :data:`ORPHAN_LIFETIME_SECONDS`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,29 +59,52 @@ class Workers:
             return worker.pid
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Close every owned worker's pipe, wait for it, kill any that lingers; reap them all.
+        """Stop every owned worker by the one ladder, reaping each: close its pipe, then signals.
 
-        Orphaned workers are left alone (that is the fault). Signalling here is
-        safe: a child that has not been reaped keeps its PID, so it cannot be reused.
+        Orphaned workers are left alone (that is the fault).
         """
-        import subprocess
+        from pytest_leanhost.stopping import stop_ladder  # deferred, as subprocess
 
         with self._lock:
             self._closed = True
             owned, self._owned = self._owned, []
-        for worker in owned:
-            if worker.stdin is not None:
-                worker.stdin.close()
-        deadline = time.monotonic() + timeout
-        for worker in owned:
-            try:
-                worker.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:  # it did not see EOF in time
-                worker.kill()
-                worker.wait()
+
+        def close_pipes() -> None:
+            for worker in owned:
+                if worker.stdin is not None:
+                    worker.stdin.close()
+
+        stop_ladder([_OwnChild(worker) for worker in owned], timeout, first=close_pipes)
 
     @property
     def pids(self) -> list[int]:
         """PIDs of the workers started so far and not yet stopped (owned and orphaned)."""
         with self._lock:
             return [worker.pid for worker in (*self._owned, *self._orphans)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _OwnChild:
+    """A worker as the ladder stops it.
+
+    Signalling is safe: a child that has not been reaped keeps its PID, so it cannot
+    be reused, and ``Popen`` signals only while it has not reaped it. Asking whether
+    it is gone reaps it (it is ours: no one else waits for it).
+    """
+
+    popen: subprocess.Popen[bytes]
+
+    def terminate(self) -> bool:
+        if self.is_gone():
+            return False
+        self.popen.terminate()
+        return True
+
+    def kill(self) -> bool:
+        if self.is_gone():
+            return False
+        self.popen.kill()
+        return True
+
+    def is_gone(self) -> bool:
+        return self.popen.poll() is not None
