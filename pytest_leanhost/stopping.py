@@ -10,11 +10,20 @@ its PID) or a pinned process (create time checked before every signal).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol, TypeVar
 
-__all__ = ["Backoff", "Rung", "Stoppable", "poll_until", "stop_ladder", "wait_for"]
+__all__ = [
+    "Backoff",
+    "Rung",
+    "SignalsByNumber",
+    "Stoppable",
+    "poll_until",
+    "stop_ladder",
+    "wait_for",
+]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Stoppable")
@@ -87,6 +96,22 @@ class Stoppable(Protocol):
     def is_gone(self) -> bool:
         """Whether it no longer runs (exited, reaped, a zombie, or its PID reused)."""
         ...
+
+
+class SignalsByNumber:
+    """``terminate`` and ``kill`` for a class that defines how to send one signal safely."""
+
+    def send_signal(self, signum: int) -> bool:
+        """Send ``signum``; False when it was not sent (gone, or not the same process)."""
+        raise NotImplementedError
+
+    def terminate(self) -> bool:
+        """SIGTERM, by :meth:`send_signal`."""
+        return self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> bool:
+        """SIGKILL, by :meth:`send_signal`."""
+        return self.send_signal(signal.SIGKILL)
 
 
 def stop_ladder(

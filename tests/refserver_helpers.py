@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from pytest_leanhost.core.processes import is_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
 from tests.children import poll
 
@@ -45,10 +46,7 @@ JsonObject = dict[str, Any]
 
 def gone(process: psutil.Process) -> bool:
     """Whether a process has exited; a zombie counts (it is not reaped by its new parent here)."""
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return is_gone(process)
 
 
 def registry_files(registry: Path) -> list[str]:

@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import os
 import select
-import signal
 import socket
 import subprocess
 import threading
@@ -35,7 +34,7 @@ from pytest_leanhost.client.mcp import (
 )
 from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
-from pytest_leanhost.stopping import Backoff, stop_ladder
+from pytest_leanhost.stopping import Backoff, SignalsByNumber, stop_ladder
 from pytest_leanhost.stopping import Rung as LadderRung
 
 __all__ = [
@@ -164,10 +163,12 @@ def _accepts(bind: str) -> bool:
         return False
 
 
-class ServerProcess:
+class ServerProcess(SignalsByNumber):
     """A started, registered server: its PID and record, an MCP client, and the ladder.
 
-    A context manager: leaving it stops the server. Not thread-safe beyond what the
+    A context manager: leaving it stops the server. ``terminate()`` and ``kill()``
+    (from :class:`~pytest_leanhost.stopping.SignalsByNumber`) send SIGTERM and SIGKILL
+    to the exact server PID, False (no-op) once it exited. Not thread-safe beyond what the
     underlying client allows.
     """
 
@@ -319,14 +320,6 @@ class ServerProcess:
         if self._popen.poll() is not None:
             return False
         return self._pinned.send_signal(signum)
-
-    def terminate(self) -> bool:
-        """SIGTERM the exact server PID; False (no-op) when it already exited."""
-        return self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> bool:
-        """SIGKILL the exact server PID; False (no-op) when it already exited."""
-        return self.send_signal(signal.SIGKILL)
 
     def is_gone(self) -> bool:
         """Whether the server exited (and was reaped: it is our child, we reap our own)."""

@@ -29,8 +29,11 @@ __all__ = [
 
 #: A live PID whose process was created more than this many seconds after the
 #: record was written belongs to another process: the server is gone and its
-#: PID was reused. The slack covers the kernel's whole-second boot time, from
-#: which every process create time is computed.
+#: PID was reused. This compares a create time with a wall clock written in a
+#: file, not two create times (that is ``core.processes.same_create_time``): the
+#: slack covers the kernel's whole-second boot time, from which every create
+#: time is computed, and errs towards "alive", so a live server's record is
+#: never judged stale.
 PID_REUSE_TOLERANCE = 1.0
 
 _PROC = "/proc"

@@ -12,13 +12,12 @@ may wait for is never waited on (no ``waitpid``).
 from __future__ import annotations
 
 import dataclasses
-import signal
 from collections.abc import Iterable
 from typing import TypeVar
 
 import psutil
 
-from pytest_leanhost.stopping import wait_for
+from pytest_leanhost.stopping import SignalsByNumber, wait_for
 
 __all__ = [
     "CREATE_TIME_TOLERANCE",
@@ -53,7 +52,7 @@ def same_create_time(first: float, second: float) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class PinnedProcess:
+class PinnedProcess(SignalsByNumber):
     """A process named by PID and create time; every question and signal checks both."""
 
     pid: int
@@ -104,14 +103,6 @@ class PinnedProcess:
         except psutil.Error:
             return False
         return True
-
-    def terminate(self) -> bool:
-        """SIGTERM, only to this very process."""
-        return self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> bool:
-        """SIGKILL, only to this very process."""
-        return self.send_signal(signal.SIGKILL)
 
     def children(self, *, recursive: bool = False) -> list[PinnedProcess]:
         """Its live descendants (direct ones unless ``recursive``), each pinned now."""

@@ -9,10 +9,11 @@ a worker has no such pipe and simply lives for :data:`ORPHAN_LIFETIME_SECONDS`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 from typing import TYPE_CHECKING
+
+from pytest_leanhost.stopping import SignalsByNumber
 
 if TYPE_CHECKING:
     import subprocess
@@ -63,7 +64,7 @@ class Workers:
 
         Orphaned workers are left alone (that is the fault).
         """
-        from pytest_leanhost.stopping import stop_ladder  # deferred, as subprocess
+        from pytest_leanhost.stopping import stop_ladder
 
         with self._lock:
             self._closed = True
@@ -83,8 +84,7 @@ class Workers:
             return [worker.pid for worker in (*self._owned, *self._orphans)]
 
 
-@dataclasses.dataclass(frozen=True)
-class _OwnChild:
+class _OwnChild(SignalsByNumber):
     """A worker as the ladder stops it.
 
     Signalling is safe: a child that has not been reaped keeps its PID, so it cannot
@@ -92,18 +92,13 @@ class _OwnChild:
     it is gone reaps it (it is ours: no one else waits for it).
     """
 
-    popen: subprocess.Popen[bytes]
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
 
-    def terminate(self) -> bool:
+    def send_signal(self, signum: int) -> bool:
         if self.is_gone():
             return False
-        self.popen.terminate()
-        return True
-
-    def kill(self) -> bool:
-        if self.is_gone():
-            return False
-        self.popen.kill()
+        self.popen.send_signal(signum)
         return True
 
     def is_gone(self) -> bool:
