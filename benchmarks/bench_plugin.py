@@ -7,8 +7,8 @@ Run by hand: ``python benchmarks/bench_plugin.py`` (``--runs``, ``--tests``,
    alternating ``-p leanhost`` and ``-p no:leanhost`` (plugin autoload off for
    both, so nothing else differs); medians of ``--runs`` runs each.
 2. The session-end check alone: 2000 test registries of which 200 hold a
-   record of a live process, judged by ``scan_session`` (grace 0, so the
-   figure is the scan, not the wait), median of several runs.
+   record of a live process, judged by ``check_session`` (grace 0, so the
+   figure is the check, not the wait), median of several runs.
 3. With ``--servers N``: a suite of N tests, each starting a reference server
    (stdio and HTTP alternating) through ``leanhost_server``, initializing it,
    calling a tool and stopping it; reports servers per second (whole run) and
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_leanhost.core.check import scan_session
+from pytest_leanhost.core.check import check_session
 from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.state import registry_name
 from pytest_leanhost.record import ProcessRecord
@@ -101,7 +101,7 @@ def bench_session_check(registries: int, records: int, runs: int) -> None:
             samples = []
             for _ in range(runs):
                 start = time.perf_counter()
-                scan = scan_session(mapping, "lh-benchmark", grace=0)
+                scan = check_session(mapping, "lh-benchmark", grace=0)
                 samples.append(time.perf_counter() - start)
             assert len(scan.findings) == records
     finally:

@@ -1,6 +1,6 @@
 """The session-end verdicts: what a test run left behind, and cleaning up what is provably ours.
 
-Data flows one way: the session's registries are scanned and judged (probe),
+Data flows one way: the session's registries are read and judged (probe),
 the processes carrying the session id are found (ownership), and each leftover
 becomes a :class:`Finding`. :func:`clean_up` then acts only on what the run
 owns: a process is signalled only when it carries the session id and still has
@@ -17,23 +17,26 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from pytest_leanhost.core.kinds import ACTIONS, KINDS, Action, LeakKind
 from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
 from pytest_leanhost.core.probe import ProcessTable
 
 # What loads only when there is something to judge, wait for or stop: a run
-# whose tests started no server never imports the doctor, the scan or psutil.
+# whose tests started no server never imports the doctor, the check or psutil.
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import JudgedRecord
     from pytest_leanhost.core.processes import PinnedProcess
 
 __all__ = [
+    "CleanupTarget",
     "Finding",
-    "SessionScan",
+    "FindingShapeError",
+    "SessionCheck",
+    "check_session",
     "clean_up",
-    "scan_session",
 ]
 
-_VERDICT_KIND = {
+_VERDICT_KIND: dict[str, LeakKind] = {
     "stale": "stale_record",
     "reused": "stale_record",
     "orphaned": "orphaned_server",
@@ -41,29 +44,32 @@ _VERDICT_KIND = {
     "corrupt": "corrupt_record",
 }
 
+_TEXT_FIELDS = ("nodeid", "transport", "record", "registry", "worker")
 
-@dataclasses.dataclass
+
+class FindingShapeError(ValueError):
+    """A finding's JSON form that is not the shape :meth:`Finding.to_json` writes."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Finding:
-    """One leak: what was found, where, whose test, and what the plugin did about it.
+    """One leak as the report tells it: what was found, where, whose test, what was done.
 
-    ``action`` is ``none``, ``record_removed``, ``terminated`` or ``killed``.
-    ``owned`` says whether the process carries the session id (only then may
-    it be signalled); ``allowed`` whether the test allowed this kind on purpose.
+    Only what the report says lives here; what cleanup needs to act safely is a
+    :class:`CleanupTarget`, kept apart. A changed finding is a new one
+    (``dataclasses.replace``), so what was reported never changes under a reader.
     """
 
-    kind: str
-    nodeid: str | None
-    pid: int | None
-    transport: str | None
-    record: str | None
-    registry: str | None
+    kind: LeakKind
+    nodeid: str | None = None
+    pid: int | None = None
+    transport: str | None = None
+    record: str | None = None
+    registry: str | None = None
     detail: str = ""
-    action: str = "none"
+    action: Action = "none"
     allowed: bool = False
     worker: str | None = None
-    owned: bool = False
-    create_time: float | None = dataclasses.field(default=None, repr=False)
-    data: bytes | None = dataclasses.field(default=None, repr=False)
 
     def to_json(self) -> dict[str, object]:
         """The report's object for this finding."""
@@ -81,33 +87,60 @@ class Finding:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> Finding:
-        """Rebuild a finding sent by a pytest-xdist worker."""
-
-        def text(key: str) -> str | None:
-            value = data.get(key)
-            return None if value is None else str(value)
-
+    def from_json(cls, data: object) -> Finding:
+        """Rebuild a finding from its JSON form; :class:`FindingShapeError` if it is not one."""
+        if not isinstance(data, dict):
+            raise FindingShapeError(f"a finding is a JSON object, not {type(data).__name__}")
+        kind, action = data.get("kind"), data.get("action", "none")
+        if kind not in KINDS:
+            raise FindingShapeError(f"unknown leak kind {kind!r}")
+        if action not in ACTIONS:
+            raise FindingShapeError(f"unknown action {action!r}")
         pid = data.get("pid")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+            raise FindingShapeError(f"pid is {pid!r}, not an integer or null")
+        texts: dict[str, str | None] = {}
+        for key in _TEXT_FIELDS:
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise FindingShapeError(f"{key} is {value!r}, not a string or null")
+            texts[key] = value
+        detail, allowed = data.get("detail", ""), data.get("allowed", False)
+        if not isinstance(detail, str) or not isinstance(allowed, bool):
+            raise FindingShapeError("detail must be a string and allowed a boolean")
         return cls(
-            kind=str(data["kind"]),
-            nodeid=text("nodeid"),
-            pid=pid if isinstance(pid, int) else None,
-            transport=text("transport"),
-            record=text("record"),
-            registry=text("registry"),
-            detail=str(data.get("detail") or ""),
-            action=str(data.get("action") or "none"),
-            allowed=bool(data.get("allowed")),
-            worker=text("worker"),
+            kind=kind,
+            pid=pid,
+            detail=detail,
+            action=action,
+            allowed=allowed,
+            nodeid=texts["nodeid"],
+            transport=texts["transport"],
+            record=texts["record"],
+            registry=texts["registry"],
+            worker=texts["worker"],
         )
 
 
-@dataclasses.dataclass
-class SessionScan:
-    """The result of one session-end scan: findings, plus what the doctor report shows."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CleanupTarget:
+    """What cleanup needs to act on one finding, and nothing the report shows.
+
+    ``create_time`` is set only for a process that carries the session id
+    (ownership proven), pinning the PID to the process that was found; ``data``
+    holds the record bytes that were judged, so only that very file is removed.
+    """
+
+    create_time: float | None = None
+    data: bytes | None = dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionCheck:
+    """The result of one session-end check: findings, how to clean them up, the doctor's view."""
 
     findings: list[Finding]
+    targets: dict[Finding, CleanupTarget]
     judged: dict[str, list[JudgedRecord]]
     nodeids: dict[str, str | None]
     registries_checked: int
@@ -115,7 +148,7 @@ class SessionScan:
     seconds: float = 0.0
 
 
-def scan_session(
+def check_session(
     registries: Mapping[str, str | None],
     session_id: str | None,
     *,
@@ -123,7 +156,7 @@ def scan_session(
     grace: float = 1.0,
     worker: str | None = None,
     only_worker: str | None = None,
-) -> SessionScan:
+) -> SessionCheck:
     """Judge the session's registries and marked processes, and return the leaks.
 
     ``registries`` maps each registry directory to the node id of the test that
@@ -134,9 +167,9 @@ def scan_session(
     """
     started = time.perf_counter()
     excluded = {os.getpid(), *exclude_pids}
-    look = _look(registries, session_id, excluded, only_worker)
-    candidates = [_pid(item) for items in look.judged.values() for item in items if item.alive]
-    candidates += list(look.marked)
+    snapshot = _snapshot(registries, session_id, excluded, only_worker)
+    candidates = [_pid(item) for items in snapshot.judged.values() for item in items if item.alive]
+    candidates += list(snapshot.marked)
     if candidates and grace > 0:
         import psutil
 
@@ -148,20 +181,22 @@ def scan_session(
                 procs.append(psutil.Process(pid))
         if wait_gone(procs, grace) != procs:
             # Something exited in the grace: judge again what is left now.
-            look = _look(registries, session_id, excluded, only_worker)
-    return SessionScan(
-        findings=_classify(registries, look, worker),
-        judged=look.judged,
+            snapshot = _snapshot(registries, session_id, excluded, only_worker)
+    classified = _classify(registries, snapshot, worker)
+    return SessionCheck(
+        findings=[finding for finding, _ in classified],
+        targets=dict(classified),
+        judged=snapshot.judged,
         nodeids=dict(registries),
         registries_checked=len(registries),
-        records_checked=sum(len(items) for items in look.judged.values()),
+        records_checked=sum(len(items) for items in snapshot.judged.values()),
         seconds=time.perf_counter() - started,
     )
 
 
-@dataclasses.dataclass
-class _Look:
-    """One look at the session: a table snapshot and everything judged against it."""
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    """One look at the process table, and everything judged against it."""
 
     table: ProcessTable
     judged: dict[str, list[JudgedRecord]]
@@ -169,12 +204,12 @@ class _Look:
     unreadable: dict[str, str]
 
 
-def _look(
+def _snapshot(
     registries: Mapping[str, str | None],
     session_id: str | None,
     excluded: set[int],
     only_worker: str | None,
-) -> _Look:
+) -> _Snapshot:
     table = ProcessTable.snapshot()
     judged, unreadable = _judge_registries(registries, table) if registries else ({}, {})
     marked: dict[int, MarkedProcess] = {}
@@ -182,7 +217,7 @@ def _look(
         marked = find_marked_processes(session_id, table, exclude=excluded)
         if only_worker is not None:
             marked = {pid: m for pid, m in marked.items() if m.worker == only_worker}
-    return _Look(table, judged, marked, unreadable)
+    return _Snapshot(table, judged, marked, unreadable)
 
 
 def _judge_registries(
@@ -207,24 +242,21 @@ def _judge_registries(
 
 
 def _classify(
-    registries: Mapping[str, str | None], look: _Look, worker: str | None
-) -> list[Finding]:
-    findings: list[Finding] = []
+    registries: Mapping[str, str | None], snapshot: _Snapshot, worker: str | None
+) -> list[tuple[Finding, CleanupTarget]]:
+    """Each leftover as a finding, with what cleanup may act on (never on a foreign one)."""
+    found: list[tuple[Finding, CleanupTarget]] = []
     servers: set[int] = set()
-    for registry, reason in look.unreadable.items():
-        findings.append(
-            Finding(
-                "corrupt_record",
-                registries[registry],
-                None,
-                None,
-                None,
-                registry,
-                detail=f"registry unreadable: {reason}",
-                worker=worker,
-            )
+    for registry, reason in snapshot.unreadable.items():
+        finding = Finding(
+            kind="corrupt_record",
+            nodeid=registries[registry],
+            registry=registry,
+            detail=f"registry unreadable: {reason}",
+            worker=worker,
         )
-    for registry, items in look.judged.items():
+        found.append((finding, CleanupTarget()))
+    for registry, items in snapshot.judged.items():
         for item in items:
             record = item.entry.record
             pid = record.pid if record is not None else _pid_from_name(item.path)
@@ -232,41 +264,32 @@ def _classify(
             if item.alive and pid is not None and foreign is None:
                 servers.add(pid)  # its marked descendants are part of this server's leak
             # A foreign record is reported, never acted on: no signal, no removal.
-            proc = look.marked.get(pid) if pid is not None and item.alive else None
+            proc = snapshot.marked.get(pid) if pid is not None and item.alive else None
             if foreign is not None:
                 proc = None
-            findings.append(
-                Finding(
-                    _VERDICT_KIND[item.verdict],
-                    registries[registry],
-                    pid,
-                    record.transport if record is not None else None,
-                    item.path,
-                    registry,
-                    detail="; ".join(filter(None, [foreign, _detail(item)])),
-                    worker=worker,
-                    owned=proc is not None,
-                    create_time=proc.create_time if proc is not None else None,
-                    data=item.entry.data if foreign is None else None,
-                )
+            finding = Finding(
+                kind=_VERDICT_KIND[item.verdict],
+                nodeid=registries[registry],
+                pid=pid,
+                transport=record.transport if record is not None else None,
+                record=item.path,
+                registry=registry,
+                detail="; ".join(filter(None, [foreign, _detail(item)])),
+                worker=worker,
             )
-    for pid, proc in sorted(look.marked.items()):
-        if pid in servers or _has_ancestor_in(look.table, pid, servers):
+            target = CleanupTarget(
+                create_time=proc.create_time if proc is not None else None,
+                data=item.entry.data if foreign is None else None,
+            )
+            found.append((finding, target))
+    for pid, proc in sorted(snapshot.marked.items()):
+        if pid in servers or _has_ancestor_in(snapshot.table, pid, servers):
             continue  # a live server's own worker: part of that server's leak
-        findings.append(
-            Finding(
-                "leaked_process",
-                proc.nodeid,
-                pid,
-                None,
-                None,
-                None,
-                worker=proc.worker or worker,
-                owned=True,
-                create_time=proc.create_time,
-            )
+        finding = Finding(
+            kind="leaked_process", nodeid=proc.nodeid, pid=pid, worker=proc.worker or worker
         )
-    return findings
+        found.append((finding, CleanupTarget(create_time=proc.create_time)))
+    return found
 
 
 def _pid(item: JudgedRecord) -> int:
@@ -312,33 +335,43 @@ def _has_ancestor_in(table: ProcessTable, pid: int, ancestors: set[int]) -> bool
     return False
 
 
-def clean_up(findings: Sequence[Finding], shutdown_timeout: float) -> None:
+def clean_up(
+    findings: Sequence[Finding],
+    targets: Mapping[Finding, CleanupTarget],
+    shutdown_timeout: float,
+) -> list[Finding]:
     """Stop the run's own leaked processes and remove stale and corrupt records.
 
     Processes: SIGTERM to all at once, up to ``shutdown_timeout`` to exit, then
     SIGKILL; each only when it carries the session id and its create time is
     the one it had when found. Records: removed only when the file still holds
     the bytes that were judged, and only the record of a stale PID, a corrupt
-    regular file, or the record of a server just stopped.
+    regular file, or the record of a server just stopped. Returns the findings
+    again, each with the action taken.
     """
-    targets: dict[int, tuple[PinnedProcess, list[Finding]]] = {}
+    pinned: dict[int, PinnedProcess] = {}
     for finding in findings:
-        if not finding.owned or finding.pid is None or finding.create_time is None:
+        target = targets.get(finding)
+        if target is None or target.create_time is None or finding.pid is None:
             continue
-        if finding.pid not in targets:
-            proc = _pinned(finding.pid, finding.create_time)
-            if proc is None:
-                continue
-            targets[finding.pid] = (proc, [])
-        targets[finding.pid][1].append(finding)
-    still_running = _stop_all(targets, shutdown_timeout)
+        if finding.pid not in pinned:
+            proc = _pinned(finding.pid, target.create_time)
+            if proc is not None:
+                pinned[finding.pid] = proc
+    stopped, still_running = _stop_all(pinned, shutdown_timeout)
+    done: list[Finding] = []
     for finding in findings:
-        if finding.record is None or finding.data is None:
-            continue
-        stopped = finding.action in ("terminated", "killed") and finding.pid not in still_running
-        removable = finding.kind in ("stale_record", "corrupt_record") or stopped
-        if removable and _remove_if_unchanged(finding.record, finding.data):
-            finding.action = "record_removed" if finding.action == "none" else finding.action
+        target = targets.get(finding, CleanupTarget())
+        owned = target.create_time is not None and finding.pid in pinned
+        action: Action = stopped[finding.pid] if owned and finding.pid is not None else "none"
+        data = target.data
+        if finding.record is not None and data is not None:
+            gone = action != "none" and finding.pid not in still_running
+            removable = finding.kind in ("stale_record", "corrupt_record") or gone
+            if removable and _remove_if_unchanged(finding.record, data) and action == "none":
+                action = "record_removed"
+        done.append(dataclasses.replace(finding, action=action))
+    return done
 
 
 def _pinned(pid: int, create_time: float) -> PinnedProcess | None:
@@ -350,24 +383,23 @@ def _pinned(pid: int, create_time: float) -> PinnedProcess | None:
 
 
 def _stop_all(
-    targets: Mapping[int, tuple[PinnedProcess, list[Finding]]], timeout: float
-) -> set[int]:
-    """Stop every target by the one ladder; returns the PIDs that survived even SIGKILL."""
+    targets: Mapping[int, PinnedProcess], timeout: float
+) -> tuple[dict[int, Action], set[int]]:
+    """Stop every target by the one ladder; returns what was done to each PID, and the
+    PIDs that survived even SIGKILL."""
     if not targets:
-        return set()
+        return {}, set()
     from pytest_leanhost.stopping import stop_ladder
 
-    procs = [proc for proc, _ in targets.values()]
-    rungs = stop_ladder(procs, timeout)
+    rungs = stop_ladder(list(targets.values()), timeout)
+    actions: dict[int, Action] = {}
     survivors: set[int] = set()
-    for (proc, owned_findings), rung in zip(targets.values(), rungs, strict=True):
-        # One that exited between the scan and the first signal counts as terminated.
-        action = "killed" if rung in ("kill", "survived") else "terminated"
-        for finding in owned_findings:
-            finding.action = action
+    for pid, rung in zip(targets, rungs, strict=True):
+        # One that exited between the check and the first signal counts as terminated.
+        actions[pid] = "killed" if rung in ("kill", "survived") else "terminated"
         if rung == "survived":
-            survivors.add(proc.pid)
-    return survivors
+            survivors.add(pid)
+    return actions, survivors
 
 
 def _remove_if_unchanged(path: str, judged: bytes) -> bool:

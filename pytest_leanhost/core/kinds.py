@@ -1,18 +1,39 @@
-"""The leak kinds: the words the session-end check, the report and the marker share.
+"""The leak kinds and actions: the words the session-end check, the report and the marker share.
 
-A module of its own, with nothing to import, so that the plugin can name the
-kinds (in ``--markers``) without loading the check's machinery before the end.
+A module of its own, with nothing heavy to import, so that the plugin can name
+the kinds (in ``--markers``) without loading the check's machinery before the
+end. Each closed set is written once, as a ``Literal``; the tuples and the
+descriptions are derived from it, so the lists cannot drift apart.
 """
 
 from __future__ import annotations
 
-__all__ = ["LEAK_KINDS"]
+from typing import Literal, get_args
+
+__all__ = ["ACTIONS", "KINDS", "LEAK_KINDS", "Action", "LeakKind"]
+
+#: What the session-end check can find.
+LeakKind = Literal[
+    "stale_record", "orphaned_server", "leaked_server", "leaked_process", "corrupt_record"
+]
+
+#: What the plugin did about a finding.
+Action = Literal["none", "record_removed", "terminated", "killed"]
+
+KINDS: tuple[LeakKind, ...] = get_args(LeakKind)
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 #: Every kind of leak, in the order the documentation lists them, with what it means.
-LEAK_KINDS: dict[str, str] = {
-    "stale_record": "a record whose PID is dead, a zombie, or now a younger process",
-    "orphaned_server": "a live stdio server whose launching parent is gone",
-    "leaked_server": "a live server with a record, after the test that started it ended",
-    "leaked_process": "a live process without a record that the run started",
-    "corrupt_record": "a .json file in a registry that is not a valid record",
-}
+LEAK_KINDS: dict[LeakKind, str] = dict(
+    zip(
+        KINDS,
+        (
+            "a record whose PID is dead, a zombie, or now a younger process",
+            "a live stdio server whose launching parent is gone",
+            "a live server with a record, after the test that started it ended",
+            "a live process without a record that the run started",
+            "a .json file in a registry that is not a valid record",
+        ),
+        strict=True,
+    )
+)

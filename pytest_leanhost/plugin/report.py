@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 from pytest_leanhost.files import write_atomically
 
 if TYPE_CHECKING:
+    import pytest
+
     from pytest_leanhost.core.check import Finding
 
 __all__ = [
     "JUNIT_CASE_NAME",
     "REPORT_SCHEMA_VERSION",
-    "add_junit_failure",
+    "add_junit_leaks",
     "finding_line",
     "github_annotation",
     "write_json_report",
@@ -93,23 +95,34 @@ def write_json_report(
     write_atomically(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
-def add_junit_failure(xml_path: str | os.PathLike[str], failing: Sequence[Finding]) -> None:
-    """Append a failing test case for the leak check to a JUnit XML file pytest wrote.
+def add_junit_leaks(config: pytest.Config, failing: Sequence[Finding]) -> bool:
+    """Add the leaks that fail the run to pytest's JUnit XML, before pytest writes the file.
 
-    CI dashboards that read JUnit XML then show the leaks like any failed test.
+    Through pytest's own ``LogXML`` object: a test case for the leak check with
+    one ``failure`` (counted in the suite's failures, so CI dashboards show the
+    leaks like any failed test) and one ``leanhost_leak`` property per leak.
+    Returns whether there was a JUnit file to add to.
     """
-    import xml.etree.ElementTree as ET  # only when there is a JUnit file to amend
+    # pytest has no public name for its LogXML object: this stash key and
+    # ``node_reporter`` are how its own ``record_xml_attribute`` fixture reaches it.
+    from _pytest.junitxml import xml_key
 
-    tree = ET.parse(xml_path)
-    root = tree.getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    if suite is None:
-        return
-    case = ET.SubElement(suite, "testcase", classname="leanhost", name=JUNIT_CASE_NAME, time="0")
-    failure = ET.SubElement(
-        case, "failure", message=f"leanhost: {len(failing)} leak(s) found at session end"
+    log_xml = config.stash.get(xml_key, None)
+    if log_xml is None:
+        return False
+    import xml.etree.ElementTree as ET  # only when there is a JUnit file to add to
+
+    # A test's own <testcase> is closed (finalized) at its teardown report, so a
+    # leak found at session end cannot go into it through pytest's API; a check
+    # run at each test's teardown could use ``xml.node_reporter(report)`` there.
+    case = log_xml.node_reporter(JUNIT_CASE_NAME)
+    case.add_attribute("classname", "leanhost")
+    case.add_attribute("name", JUNIT_CASE_NAME)
+    for finding in failing:
+        case.add_property("leanhost_leak", finding_line(finding))
+    failure = ET.Element(
+        "failure", message=f"leanhost: {len(failing)} leak(s) found at session end"
     )
     failure.text = "\n".join(finding_line(finding) for finding in failing)
-    for counter in ("tests", "failures"):
-        suite.set(counter, str(int(suite.get(counter, "0")) + 1))
-    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+    case.append(failure)  # counts it among the suite's tests and failures
+    return True

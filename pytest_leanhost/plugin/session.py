@@ -1,0 +1,402 @@
+"""The parts of the plugin that every pytest process of a run has: one object per process.
+
+In the order pytest calls them: session start (the session id and root, the
+SIGTERM handler), each test (its node id and registry in the environment, put
+back after it), the check (once, at the end of the test loop, or at session
+finish when the loop did not complete), the verdict (exit status, terminal,
+JUnit, JSON; not on an xdist worker, which hands its check to the controller),
+unconfigure (the environment as it was).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import types
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
+from pytest_leanhost.plugin.settings import Settings
+from pytest_leanhost.plugin.state import STATE_KEY, SessionState
+from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
+
+if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
+    from pytest_leanhost.core.check import Finding, SessionCheck
+    from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
+    from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
+
+__all__ = ["LeakStat", "LeanhostSession"]
+
+#: The terminal summary's category for leaks that fail the run ("3 leaked").
+LEAKED = "leaked"
+
+
+class LeakStat:
+    """A failing leak as an entry of ``terminalreporter.stats["leaked"]``."""
+
+    when = "session"
+
+    def __init__(self, finding: Finding) -> None:
+        self.finding = finding
+        self.nodeid = finding.nodeid or ""
+
+
+class LeanhostSession:
+    """One pytest process's isolation and check; the verdict too unless it is an xdist worker."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        worker: XdistWorker | None = None,
+        controller: XdistController | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.worker = worker
+        self.controller = controller
+        self.workerid = worker.workerid if worker is not None else None
+        self.state: SessionState | None = None
+        self.verdict: RunVerdict | None = None
+        self._user_registry_env = os.environ.get(REGISTRY_ENV)
+        self._saved_env: dict[str, str | None] = {}
+        self._previous_sigterm: Any = None
+        self._private_root: Path | None = None
+        self._checked = False
+
+    # -- session start -----------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Choose the session id and root, and mark the environment with them."""
+        if self.worker is not None:
+            session_id, root = self.worker.session_id, self.worker.root
+        else:
+            session_id, root = new_session_id(), self._session_root()
+            self._install_sigterm_handler()
+            if self.controller is not None:
+                self.controller.hand_out(session_id, root)
+        self.state = SessionState(session_id, root, self.workerid)
+        self.config.stash[STATE_KEY] = self.state
+        if self.workerid is not None:
+            self.state.register_worker(self.workerid, os.getpid())
+            self._setenv(WORKER_ENV, self.workerid)
+        self._setenv(SESSION_ENV, session_id)
+
+    def _session_root(self) -> Path:
+        """The private directory of the session's registries (mode 0700).
+
+        Under pytest's base temporary directory when its tmpdir plugin is on;
+        pytest offers no public accessor to the factory outside a fixture, hence
+        the attribute. With ``-p no:tmpdir`` a private directory of our own,
+        removed at unconfigure.
+        """
+        factory: pytest.TempPathFactory | None = getattr(self.config, "_tmp_path_factory", None)
+        if factory is None:
+            self._private_root = Path(tempfile.mkdtemp(prefix="leanhost-"))
+            return self._private_root
+        root = factory.getbasetemp() / "leanhost"
+        root.mkdir(mode=0o700, exist_ok=True)
+        root.chmod(0o700)
+        return root
+
+    # -- each test ---------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        """From setup to teardown, name the test's node id and registry in the environment.
+
+        Every process the test starts, by any means and at any depth, inherits
+        both; afterwards the previous values are back, so nothing outside a test
+        (session finish included) is named after the last one. The registry
+        directory itself is left for the first server to create.
+        """
+        assert self.state is not None
+        environ = os.environ
+        previous_nodeid = environ.get(NODEID_ENV)
+        environ[NODEID_ENV] = item.nodeid
+        isolate = self.settings.isolate
+        if isolate:
+            previous_registry = environ.get(REGISTRY_ENV)
+            environ[REGISTRY_ENV] = self.state.registry_path(item.nodeid)
+        try:
+            return (yield)
+        finally:
+            _restore(NODEID_ENV, previous_nodeid)
+            if isolate:
+                _restore(REGISTRY_ENV, previous_registry)
+
+    # -- the check ---------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        """Check as soon as the test loop completed, before any ``pytest_sessionfinish``.
+
+        Then every fixture is torn down (the last test's teardown ends the
+        session's), what a test still holds open is still held, xdist's workers
+        have reported and are not shut down yet, and pytest's JUnit file is not
+        written yet, so the leaks can still go into it. A loop that did not
+        complete (interrupt, ``-x``, collection errors) leaves fixtures up: then
+        the check waits for session finish, after pytest tore them down.
+        """
+        result = yield
+        self._check(session, junit=True)
+        return result
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Check now if the test loop did not complete; then set the verdict and write it out.
+
+        trylast: pytest has torn down every fixture by then, while what a test
+        still holds open, such as a server's stdin, is still held.
+        """
+        if self.state is None:
+            return
+        # pytest's JUnit file is written by now: it has no way to add to it afterwards.
+        self._check(session, junit=False)
+        verdict = self.verdict
+        if verdict is None:
+            return  # an xdist worker: the controller decides
+        if verdict.fails_run and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        ):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.settings.report_path is not None:
+            from pytest_leanhost.plugin.report import write_json_report
+
+            write_json_report(
+                self.settings.report_path,
+                session_id=self.state.session_id,
+                interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
+                registries_checked=verdict.counts.registries_checked,
+                records_checked=verdict.counts.records_checked,
+                check_seconds=verdict.counts.seconds,
+                findings=verdict.findings,
+            )
+        self._count_in_summary(verdict)
+
+    def _check(self, session: pytest.Session, *, junit: bool) -> None:
+        """Check once: a worker sends its report, the controller merges and decides."""
+        if self.state is None or self._checked:
+            return
+        self._checked = True
+        own = self._check_here(session)
+        if self.worker is not None:
+            self.worker.deliver(own)
+            return
+        from pytest_leanhost.plugin.outcome import RunVerdict
+
+        workers = self.controller.reports if self.controller is not None else []
+        problems = self.controller.problems if self.controller is not None else []
+        self.verdict = RunVerdict.merge(own, workers, problems)
+        if junit and self.verdict.failing:
+            from pytest_leanhost.plugin.report import add_junit_leaks
+
+            add_junit_leaks(self.config, self.verdict.failing)
+
+    def _check_here(self, session: pytest.Session) -> WorkerReport:
+        """This process's check: its registries and marked processes, cleaned up, allowed marked."""
+        from pytest_leanhost.core.check import check_session, clean_up
+        from pytest_leanhost.plugin.outcome import CheckCounts, WorkerReport
+
+        state = self.state
+        assert state is not None
+        if self.worker is not None:
+            registries = state.own_registries()
+        else:
+            reported = self.controller.reported_registries() if self.controller else set()
+            registries = {
+                path: nodeid
+                for path, nodeid in state.all_registries().items()
+                if path not in reported
+            }
+        checked = check_session(
+            registries,
+            state.session_id,
+            exclude_pids=state.worker_pids(),
+            grace=self.settings.grace,
+            worker=self.workerid,
+            only_worker=self.workerid,
+        )
+        known_pids = self.controller.known_pids() if self.controller else set()
+        findings = [
+            finding
+            for finding in checked.findings
+            if not (finding.kind == "leaked_process" and finding.pid in known_pids)
+        ]
+        doctor = _doctor_lines(checked) if self.settings.doctor else []
+        if not self.settings.keep_leaks:
+            findings = clean_up(findings, checked.targets, self.settings.shutdown_timeout)
+        return WorkerReport(
+            findings=tuple(_mark_allowed(session, findings)),
+            registries=tuple(sorted(registries)),
+            counts=CheckCounts(
+                registries_checked=checked.registries_checked,
+                records_checked=checked.records_checked,
+                seconds=checked.seconds,
+            ),
+            doctor=tuple(doctor),
+        )
+
+    # -- terminal summary --------------------------------------------------------
+
+    def _count_in_summary(self, verdict: RunVerdict) -> None:
+        """Count failing leaks in the final line (``9 passed, 3 leaked in 4.53s``), in red.
+
+        Filled in ``pytest_sessionfinish``: pytest's terminal reporter prints
+        that line after every ``pytest_sessionfinish`` and ``pytest_terminal_summary``.
+        """
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or not verdict.failing:
+            return
+        stats: dict[str, list[Any]] = reporter.stats
+        stats.setdefault(LEAKED, []).extend(LeakStat(f) for f in verdict.failing)
+        # pytest has no public way to colour a category of its own: it colours
+        # the line red when a "failed" key is present (an empty list counts no
+        # test), and the category's words by its private table.
+        stats.setdefault("failed", [])
+        with contextlib.suppress(ImportError, AttributeError):
+            from _pytest import terminal
+
+            terminal._color_for_type.setdefault(LEAKED, "red")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """The ``leanhost`` section (one line per leak) and, if asked, ``leanhost doctor``."""
+        verdict, state = self.verdict, self.state
+        if verdict is None or state is None:
+            return
+        from pytest_leanhost.plugin.report import finding_line, github_annotation
+
+        tr = terminalreporter
+        failing = verdict.failing
+        if verdict.findings or verdict.problems:
+            tr.section("leanhost", sep="=", red=verdict.fails_run, bold=True)
+            for problem in verdict.problems:
+                tr.line(problem, red=True)
+            for finding in verdict.findings:
+                tr.line(finding_line(finding), red=not finding.allowed)
+            tr.line(
+                f"leanhost: {len(failing)} leak(s) failed the run, "
+                f"{len(verdict.findings) - len(failing)} allowed; session {state.session_id}"
+            )
+            if os.environ.get("GITHUB_ACTIONS") == "true":
+                for finding in failing:
+                    tr.line(github_annotation(finding))
+        elif tr.verbosity >= 0:
+            tr.line(
+                f"leanhost: no leaks ({verdict.counts.registries_checked} registries checked"
+                f" in {verdict.counts.seconds * 1000:.0f} ms)"
+            )
+        if self.settings.doctor:
+            tr.section("leanhost doctor", sep="=")
+            for line in [*verdict.doctor, *self._default_registry_lines()]:
+                tr.line(line)
+
+    def _default_registry_lines(self) -> list[str]:
+        environ = dict(os.environ)
+        environ.pop(REGISTRY_ENV, None)
+        if self._user_registry_env is not None:
+            environ[REGISTRY_ENV] = self._user_registry_env
+        try:
+            registry = registry_dir(environ)
+        except RegistryError as exc:
+            return [f"default registry: {exc}"]
+        from pytest_leanhost.core.doctor import inspect_registry, render_text
+        from pytest_leanhost.core.registry import RegistryUnreadableError
+
+        try:
+            text = render_text(inspect_registry(registry))
+        except RegistryUnreadableError as exc:
+            return [f"default registry {registry}: {exc}"]
+        return [f"default registry {registry}:", *(text.splitlines() or ["  (no records)"])]
+
+    # -- unconfigure -------------------------------------------------------------
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Put back the environment and the SIGTERM handler; remove a private root."""
+        for name, value in self._saved_env.items():
+            _restore(name, value)
+        self._saved_env.clear()
+        if self._previous_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        if self._private_root is not None and not self._records_left():
+            shutil.rmtree(self._private_root, ignore_errors=True)
+
+    def _records_left(self) -> bool:
+        """Whether a finding's record is still in place (kept, foreign, or its server alive)."""
+        findings = self.verdict.findings if self.verdict is not None else ()
+        return any(f.record is not None and os.path.lexists(f.record) for f in findings)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _setenv(self, name: str, value: str) -> None:
+        self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+    def _install_sigterm_handler(self) -> None:
+        """Turn SIGTERM into KeyboardInterrupt, so teardown and the cleanup still run.
+
+        pytest has no SIGTERM handler and would die at once, leaving every
+        server of the run behind. A second SIGTERM is ignored while cleaning up.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # someone else handles SIGTERM; leave theirs alone
+        self._previous_sigterm = signal.SIG_DFL
+        signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
+
+
+def _sigterm_to_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Finding]:
+    """The findings, those of tests that allow their kind (``leanhost_allow``) marked allowed."""
+    if not findings:
+        return findings
+    import dataclasses
+
+    items = {item.nodeid: item for item in session.items}
+    marked: list[Finding] = []
+    for finding in findings:
+        item = items.get(finding.nodeid) if finding.nodeid else None
+        allowed = item is not None and any(
+            not marker.args or finding.kind in marker.args
+            for marker in item.iter_markers(name="leanhost_allow")
+        )
+        marked.append(dataclasses.replace(finding, allowed=True) if allowed else finding)
+    return marked
+
+
+def _doctor_lines(checked: SessionCheck) -> list[str]:
+    """The doctor lines of every registry the session used, by test, before any cleanup."""
+    from pytest_leanhost.core.doctor import render_text
+
+    lines: list[str] = []
+    for registry, judged in sorted(checked.judged.items()):
+        nodeid = checked.nodeids.get(registry)
+        lines.append(f"{nodeid or Path(registry).name} (registry {registry}):")
+        lines.extend(render_text(judged).splitlines() or ["  (no records)"])
+    return lines
