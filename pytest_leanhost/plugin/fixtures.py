@@ -48,11 +48,7 @@ def _settings(config: pytest.Config) -> Settings:
 
 
 @pytest.fixture
-def leanhost_registry(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Path:
+def leanhost_registry(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The test's own registry directory (a ``pathlib.Path``, created, mode 0700).
 
     ``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` points at it for the test, so every
@@ -64,7 +60,9 @@ def leanhost_registry(
     if state is not None:
         path = state.registry_for(request.node.nodeid, create=True)
     else:
-        path = tmp_path_factory.mktemp("leanhost-registry")
+        # Asked for only here: with the plugin on, ``-p no:tmpdir`` leaves this fixture working.
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        path = factory.mktemp("leanhost-registry")
         path.chmod(0o700)
     monkeypatch.setenv(REGISTRY_ENV, str(path))
     return path

@@ -1,0 +1,207 @@
+"""The pure parts of the session-end check and its report, without a pytest subprocess.
+
+Classification runs on real data: a real record file for a real PID that has
+exited (a child this test started and reaped), and a corrupt file in a real
+registry directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_leanhost.core.check import (
+    CleanupTarget,
+    Finding,
+    FindingShapeError,
+    check_session,
+    clean_up,
+)
+from pytest_leanhost.core.kinds import ACTIONS, KINDS, LEAK_KINDS, Action, LeakKind
+from pytest_leanhost.plugin.outcome import CheckCounts, ReportShapeError, RunVerdict, WorkerReport
+from pytest_leanhost.plugin.report import finding_line
+from pytest_leanhost.plugin.xdist import XdistController
+from pytest_leanhost.record import ProcessRecord, write_record_atomically
+
+
+def dead_pid() -> int:
+    """The PID of a child that has exited and been reaped by this test."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def make_registry(tmp_path: Path) -> Path:
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    return registry
+
+
+def test_the_kind_and_action_lists_are_the_literals() -> None:
+    assert KINDS == typing.get_args(LeakKind) == tuple(LEAK_KINDS)
+    assert ACTIONS == typing.get_args(Action) == ("none", "record_removed", "terminated", "killed")
+
+
+def test_a_finding_is_frozen_and_keyword_only() -> None:
+    finding = Finding(kind="stale_record", pid=7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        finding.action = "killed"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Finding("stale_record")  # type: ignore[call-arg]
+
+
+def test_a_record_of_a_dead_pid_is_a_stale_record_and_cleanup_removes_it(
+    tmp_path: Path,
+) -> None:
+    registry = make_registry(tmp_path)
+    pid = dead_pid()
+    path = registry / f"{pid}.json"
+    record = ProcessRecord(pid, sys.executable, "/", int(time.time() * 1000), None, None, "stdio")
+    write_record_atomically(path, record.to_json_bytes())
+
+    checked = check_session({str(registry): "t.py::test_a"}, None, grace=0)
+
+    (finding,) = checked.findings
+    assert finding == Finding(
+        kind="stale_record",
+        nodeid="t.py::test_a",
+        pid=pid,
+        transport="stdio",
+        record=str(path),
+        registry=str(registry),
+        detail="",
+    )
+    assert checked.targets[finding] == CleanupTarget(data=path.read_bytes())
+    (done,) = clean_up(checked.findings, checked.targets, shutdown_timeout=1.0)
+    assert done == dataclasses.replace(finding, action="record_removed")
+    assert finding.action == "none"  # the check's finding is unchanged
+    assert not path.exists()
+
+
+def test_a_record_rewritten_after_the_check_is_not_removed(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    path = registry / f"{dead_pid()}.json"
+    path.write_bytes(b"{ not json")
+    checked = check_session({str(registry): None}, None, grace=0)
+    (finding,) = checked.findings
+    assert finding.kind == "corrupt_record"
+    path.write_bytes(b"{ still not json, but other bytes")
+    (done,) = clean_up(checked.findings, checked.targets, shutdown_timeout=1.0)
+    assert done.action == "none"
+    assert path.exists()
+
+
+def test_a_finding_without_a_cleanup_target_is_left_alone(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    path = registry / f"{dead_pid()}.json"
+    path.write_bytes(b"garbage")
+    checked = check_session({str(registry): None}, None, grace=0)
+    (done,) = clean_up(checked.findings, {}, shutdown_timeout=1.0)
+    assert done.action == "none"
+    assert path.exists()
+
+
+def test_finding_line_names_kind_test_pid_record_action_and_flags() -> None:
+    finding = Finding(
+        kind="leaked_server",
+        nodeid="t.py::test_a",
+        pid=42,
+        transport="http",
+        record="/r/42.json",
+        action="terminated",
+        worker="gw1",
+        detail="child_pids=43",
+        allowed=True,
+    )
+    assert finding_line(finding) == (
+        "leaked_server t.py::test_a pid=42 transport=http record=/r/42.json"
+        " action=terminated worker=gw1 (child_pids=43) [allowed]"
+    )
+    assert finding_line(Finding(kind="leaked_process")) == (
+        "leaked_process <session> pid=- transport=- record=- action=none"
+    )
+
+
+def sample_report() -> WorkerReport:
+    return WorkerReport(
+        findings=(
+            Finding(kind="leaked_process", nodeid="t.py::test_a", pid=5, worker="gw0"),
+            Finding(kind="corrupt_record", registry="/r", detail="registry unreadable: x"),
+        ),
+        registries=("/r", "/s"),
+        counts=CheckCounts(registries_checked=2, records_checked=3, seconds=0.25),
+        doctor=("t.py::test_a (registry /r):", "  (no records)"),
+    )
+
+
+def test_a_worker_report_survives_the_trip_through_json() -> None:
+    report = sample_report()
+    assert WorkerReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+    assert Finding.from_json(report.findings[0].to_json()) == report.findings[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("findings"), "findings must be a list"),
+        (lambda d: d.update(records_checked="3"), "counts must be integers"),
+        (lambda d: d.update(seconds=None), "seconds must be a number"),
+        (lambda d: d.update(doctor=[1]), "lists of strings"),
+        (lambda d: d["findings"][0].update(kind="lost"), "unknown leak kind 'lost'"),
+        (lambda d: d["findings"][0].update(action="shot"), "unknown action 'shot'"),
+        (lambda d: d["findings"][0].update(pid="5"), "pid is '5'"),
+        (lambda d: d["findings"].append([]), "a finding is a JSON object"),
+    ],
+)
+def test_a_malformed_worker_report_is_rejected_with_what_is_wrong(
+    change: typing.Callable[[dict[str, typing.Any]], object], message: str
+) -> None:
+    data = json.loads(json.dumps(sample_report().to_json()))
+    change(data)
+    with pytest.raises(ReportShapeError, match=message):
+        WorkerReport.from_json(data)
+
+
+def test_a_finding_of_the_wrong_shape_is_rejected() -> None:
+    with pytest.raises(FindingShapeError, match="nodeid is 3"):
+        Finding.from_json({"kind": "stale_record", "nodeid": 3})
+
+
+def test_the_controller_turns_a_malformed_report_into_one_line() -> None:
+    controller = XdistController()
+    node = SimpleNamespace(gateway=SimpleNamespace(id="gw3"), workeroutput={"leanhost": [1]})
+    controller.pytest_testnodedown(node, None)
+    good = SimpleNamespace(gateway=SimpleNamespace(id="gw4"), workeroutput={"leanhost": {}})
+    good.workeroutput["leanhost"] = sample_report().to_json()
+    controller.pytest_testnodedown(good, None)
+    assert controller.reports == [sample_report()]
+    (line,) = controller.problems
+    assert line.startswith("leanhost: worker gw3 sent a malformed report (expected a JSON object")
+    verdict = RunVerdict.merge(WorkerReport(), controller.reports, controller.problems)
+    assert verdict.fails_run
+
+
+def test_the_verdict_sums_counts_once_and_sorts_findings() -> None:
+    own = WorkerReport(
+        findings=(Finding(kind="stale_record", nodeid="a.py::t", allowed=True),),
+        counts=CheckCounts(registries_checked=1, records_checked=1, seconds=0.5),
+    )
+    verdict = RunVerdict.merge(own, [sample_report(), sample_report()])
+    assert verdict.counts == CheckCounts(registries_checked=5, records_checked=7, seconds=0.75)
+    assert [f.nodeid for f in verdict.findings] == [
+        None,
+        None,
+        "a.py::t",
+        "t.py::test_a",
+        "t.py::test_a",
+    ]
+    assert len(verdict.failing) == 4
+    assert not RunVerdict.merge(own, []).fails_run
