@@ -37,11 +37,13 @@ ORPHANING = (
     "stdout=subprocess.DEVNULL); "
     "print(c.pid, flush=True)"
 )
-# A "server": starts a worker, prints both PIDs, exits when a line arrives on stdin.
+# A "server": on its first stdin line starts a worker and prints its PID; exits on the second.
 SERVER = (
-    "import subprocess, sys, os; "
-    "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-    "print(os.getpid(), w.pid, flush=True); sys.stdin.readline()"
+    "import subprocess, sys; "
+    "sys.stdin.readline(); "
+    "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+    "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL); "
+    "print(w.pid, flush=True); sys.stdin.readline()"
 )
 
 
@@ -134,9 +136,15 @@ def adopted(lineage: Lineage, workdir: Path) -> dict[str, Any]:
     )
     assert server.stdout is not None
     assert server.stdin is not None
-    server_pid, worker = (int(word) for word in server.stdout.readline().split())
+    server_pid = server.pid
     lineage.end("t::starts_server")
     attributed_server = list(lineage.attribute(server_pid))
+
+    lineage.begin("t::server_starts_worker")  # the worker is the server's, not this test's
+    server.stdin.write("spawn\n")
+    server.stdin.flush()
+    worker = int(server.stdout.readline())
+    lineage.end("t::server_starts_worker")
 
     lineage.begin("t::server_exits")
     server.stdin.write("bye\n")
