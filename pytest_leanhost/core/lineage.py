@@ -1,0 +1,405 @@
+"""Lineage: every process the run starts stays in its tree, and each is tied to its test.
+
+Markers (``LEANHOST_SESSION``, ``LEANHOST_NODEID``) are lost whenever a launcher
+builds its own environment (the MCP SDKs' stdio clients, ``Popen(env=...)``,
+``env -i``). Lineage keeps what they lose. On Linux the pytest process becomes
+a child subreaper (:func:`become_subreaper`), so an orphan anywhere below it is
+adopted by it instead of by PID 1: however a process detaches (exited parent,
+``setsid``, double fork), it stays a descendant of the run.
+
+Identity. A process is ``(pid, start tick)``: its start in clock ticks since
+boot (``/proc/PID/stat`` field 22). The "now" of that clock is
+:func:`boottime_ticks` (``CLOCK_BOOTTIME`` counts the same way), so a process
+that started before a reading has a start tick no greater than it. Elsewhere
+both are wall-clock ticks (psutil's create time), which is coarser but
+consistent.
+
+Attribution rule (:class:`Lineage`). At every test boundary (``begin`` at the
+start of setup, ``end`` at the end of teardown) the recorder walks the tree
+under pytest: pytest's direct children (one read per task of pytest: the cheap
+part, and all a test that leaves nothing running pays), then the children of
+each live descendant. Each process seen for the first time is remembered with
+its first-seen parent and its owner(s), decided in walk order (parents first):
+
+1. its parent is a process the recorder knows and that has an owner: it gets
+   that process's owners (its nearest attributed ancestor: a session server's worker belongs
+   to the test that started the server);
+2. its parent is pytest and it started at or after the previous boundary's
+   tick: pytest itself forked it, or it was adopted after starting in this
+   interval; it belongs to the test running in the interval. Every process
+   alive at the previous boundary was seen then, so "started after" is exact
+   up to processes born during the walk itself;
+3. otherwise (its parent is pytest and it started before the previous
+   boundary, yet was not seen then: born during that walk, or adopted from a
+   part of the tree the walk missed), it belongs to every test whose span
+   holds its start tick, else to the running test.
+
+:meth:`Lineage.attribute` answers for any PID at session end: a known process
+has its recorded owners; an unknown one the owners of its nearest known
+ancestor in the current table (its first-seen parents stand in for the
+current parent, which is pytest after adoption); and when no ancestor is known,
+the tests whose span holds the start tick of its earliest ancestor below
+pytest. Spans include their boundary ticks, so a tick shared by the end of one
+test and the start of the next names both, never one at random. A process
+outside every span, and one that is not the run's, gets no test.
+
+Known limit: a process born in a test's interval below a process left over by
+an earlier test (a leaked daemon), whose own parent then died in the same
+interval, is adopted as a new direct child and goes to the running test by
+rule 2: the walk never saw its parent.
+
+Reaping rule (:meth:`Lineage.reap_terminated`). An exit status belongs to
+whoever waits for it: a ``Popen``, asyncio or multiprocessing may still wait
+for any PID that pytest forked, and no code can tell those apart from an
+adopted orphan by looking at pytest's children. So the plugin never calls
+``waitpid(-1)`` and reaps one exact PID only when all hold: (a) the plugin
+itself terminated that process (the caller passes what it signalled), (b) it
+is now a zombie child of this process with the same start tick, and (c) the
+recorder first saw it with a parent other than pytest: it was adopted, so no
+Python object in pytest forked it and none can wait for it. A zombie that
+fails (c) is left alone; a zombie is no leak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from pytest_leanhost.core.probe import ProcessTable
+
+__all__ = [
+    "PR_GET_CHILD_SUBREAPER",
+    "PR_SET_CHILD_SUBREAPER",
+    "Lineage",
+    "Seen",
+    "Span",
+    "become_subreaper",
+    "boottime_ticks",
+    "clock_ticks_per_second",
+    "direct_children",
+    "is_subreaper",
+    "start_tick",
+    "subreaper_supported",
+    "tick_to_unix",
+]
+
+#: ``prctl`` options (linux/prctl.h).
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+_LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc")
+
+
+def clock_ticks_per_second() -> int:
+    """Clock ticks per second of process start times (``SC_CLK_TCK``; 100 when unknown)."""
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100
+
+
+_TICKS = clock_ticks_per_second()
+
+
+def subreaper_supported() -> bool:
+    """Whether this OS has child subreapers (Linux only)."""
+    return _LINUX
+
+
+def _prctl(option: int, arg: int | ctypes.c_int | ctypes._Pointer[ctypes.c_int]) -> int:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    prctl = libc.prctl
+    prctl.restype = ctypes.c_int
+    return int(prctl(ctypes.c_int(option), arg, 0, 0, 0))
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper; ``False`` when the OS has none or it failed.
+
+    Never raises: where it returns ``False`` the run keeps marker-only behaviour.
+    """
+    if not _LINUX:
+        return False
+    try:
+        return _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+    except (OSError, AttributeError, TypeError, ValueError):
+        return False
+
+
+def is_subreaper() -> bool:
+    """Whether this process is a child subreaper now (``False`` off Linux)."""
+    if not _LINUX:
+        return False
+    flag = ctypes.c_int(0)
+    try:
+        if _prctl(PR_GET_CHILD_SUBREAPER, ctypes.pointer(flag)) != 0:
+            return False
+    except (OSError, AttributeError, TypeError, ValueError):
+        return False
+    return flag.value != 0
+
+
+def boottime_ticks() -> int:
+    """Now, in the clock of process start ticks (Linux: ``CLOCK_BOOTTIME`` ticks)."""
+    if _LINUX:
+        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
+    return int(time.time() * _TICKS)
+
+
+def _read_stat(pid: int) -> tuple[int, int, bool] | None:
+    """``(ppid, start tick, zombie)`` from ``/proc/PID/stat``; ``None`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name sits in parentheses and may itself hold ") ".
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[1]), int(fields[19]), fields[0] in (b"Z", b"X")
+    except (IndexError, ValueError):
+        return None
+
+
+def start_tick(pid: int) -> int | None:
+    """When ``pid`` started, in :func:`boottime_ticks`' clock; ``None`` when it is gone."""
+    if _LINUX:
+        stat = _read_stat(pid)
+        return None if stat is None else stat[1]
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).create_time() * _TICKS)
+    except psutil.Error:
+        return None
+
+
+def direct_children(pid: int) -> list[int]:
+    """The direct children of ``pid`` now (zombies included), by PID.
+
+    Linux: ``/proc/PID/task/TID/children`` of every task, since a child belongs
+    to the thread that forked it. Elsewhere psutil.
+    """
+    if _LINUX:
+        found: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                    found.extend(int(word) for word in handle.read().split())
+            except OSError:
+                continue  # the thread exited: its children moved to another task
+        return sorted(set(found))
+    import psutil
+
+    try:
+        return sorted(child.pid for child in psutil.Process(pid).children())
+    except psutil.Error:
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One test's span, in start ticks: from the start of setup to the end of teardown."""
+
+    nodeid: str
+    begin_tick: int
+    end_tick: int | None = None
+
+    def holds(self, tick: int) -> bool:
+        """Whether a process that started at ``tick`` may have started in this span."""
+        return self.begin_tick <= tick and (self.end_tick is None or tick <= self.end_tick)
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """A process the recorder saw at a boundary: who it first hung under, and its owners."""
+
+    pid: int
+    start_tick: int
+    first_parent: int
+    owners: tuple[str, ...]
+    #: Whether it was first seen with a parent other than the root: it was
+    #: adopted when it is the root's child later, and no code of the root waits for it.
+    first_seen_deeper: bool
+
+
+class Lineage:
+    """Records, at every test boundary, which processes appeared below ``root`` and whose they are.
+
+    ``begin(nodeid)`` at the start of a test's setup and ``end(nodeid)`` at the
+    end of its teardown; :meth:`attribute` at session end. See the module
+    docstring for the rules. Not thread-safe: call it from pytest's main thread.
+    """
+
+    def __init__(self, root: int | None = None, clock: Callable[[], int] = boottime_ticks) -> None:
+        self.root = os.getpid() if root is None else root
+        #: Now, in start ticks; a fixed clock lets a test place spans on one tick.
+        self._clock = clock
+        self._spans: list[Span] = []
+        self._running: str | None = None
+        self._seen: dict[tuple[int, int], Seen] = {}
+        self._last_tick = clock()
+
+    @property
+    def spans(self) -> tuple[Span, ...]:
+        """Every span so far, in order."""
+        return tuple(self._spans)
+
+    @property
+    def running(self) -> str | None:
+        """The test whose span is open, if any."""
+        return self._running
+
+    def seen(self) -> Iterator[Seen]:
+        """Every process seen at a boundary, in the order first seen."""
+        return iter(self._seen.values())
+
+    def identities(self) -> frozenset[tuple[int, int]]:
+        """Every ``(pid, start tick)`` seen below the root: the run's processes, dead or alive."""
+        return frozenset(self._seen)
+
+    def begin(self, nodeid: str) -> None:
+        """A test's setup starts: what appeared since the last boundary is not this test's."""
+        self.boundary()
+        self._running = nodeid
+        self._spans.append(Span(nodeid, self._last_tick))
+
+    def end(self, nodeid: str) -> None:
+        """A test's teardown ended: what appeared during its span is its own."""
+        self.boundary()
+        for index in range(len(self._spans) - 1, -1, -1):
+            span = self._spans[index]
+            if span.nodeid == nodeid and span.end_tick is None:
+                self._spans[index] = dataclasses.replace(span, end_tick=self._last_tick)
+                break
+        if self._running == nodeid:
+            self._running = None
+
+    def boundary(self) -> None:
+        """Walk the tree below the root once and remember each new process (see rules 1-3)."""
+        opening = self._last_tick
+        now = self._clock()
+        # Breadth first, so a parent is identified (and owned) before its children.
+        queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in direct_children(self.root)]
+        while queue:
+            parent, pid = queue.pop(0)
+            tick = start_tick(pid)
+            if tick is None:
+                continue  # gone (reaped) since its parent's list was read
+            seen = self._seen.get((pid, tick))
+            if seen is None:
+                seen = self._remember(pid, tick, parent, opening)
+            queue.extend((seen, child) for child in direct_children(pid))
+        self._last_tick = now
+
+    def _remember(self, pid: int, tick: int, parent: Seen | None, opening: int) -> Seen:
+        if parent is not None and parent.owners:
+            owners = parent.owners  # rule 1: its nearest attributed ancestor's
+        elif parent is None and tick >= opening and self._running is not None:
+            owners = (self._running,)  # rule 2
+        else:
+            owners = self.spans_holding(tick) or (  # rule 3
+                (self._running,) if self._running is not None else ()
+            )
+        seen = Seen(
+            pid,
+            tick,
+            self.root if parent is None else parent.pid,
+            owners,
+            first_seen_deeper=parent is not None,
+        )
+        self._seen[(pid, tick)] = seen
+        return seen
+
+    def spans_holding(self, tick: int) -> tuple[str, ...]:
+        """The node ids of every span that holds ``tick``, in span order, each once."""
+        return tuple(dict.fromkeys(span.nodeid for span in self._spans if span.holds(tick)))
+
+    def lookup(self, pid: int, tick: int) -> Seen | None:
+        """What the recorder knows of exactly this process, if it saw it."""
+        return self._seen.get((pid, tick))
+
+    def attribute(self, pid: int, table: ProcessTable | None = None) -> tuple[str, ...]:
+        """The test(s) ``pid`` belongs to: one when exact, several when ambiguous, none outside.
+
+        ``table`` is the session-end process table (read now when omitted); it
+        gives the current parents of processes the recorder never saw.
+        """
+        snapshot = ProcessTable.snapshot() if table is None else table
+        tick = start_tick(pid)
+        if tick is None:
+            return ()
+        known = self._seen.get((pid, tick))
+        if known is not None:
+            return known.owners
+        # Climb the current tree to the nearest ancestor the recorder knows.
+        earliest = (pid, tick)
+        current = pid
+        visited = {pid}
+        while True:
+            info = snapshot.get(current)
+            if info is None:
+                return ()
+            parent = info.ppid
+            if parent == self.root:
+                return self.spans_holding(earliest[1])
+            if parent in visited or parent <= 1:
+                return ()  # not below the root: not the run's by lineage
+            visited.add(parent)
+            parent_tick = start_tick(parent)
+            if parent_tick is None:
+                return ()
+            seen = self._seen.get((parent, parent_tick))
+            if seen is not None:
+                return seen.owners
+            earliest = (parent, parent_tick)
+            current = parent
+
+    def descendants(self, table: ProcessTable | None = None) -> list[int]:
+        """Every process below the root now (psutil-backed table off Linux)."""
+        snapshot = ProcessTable.snapshot() if table is None else table
+        return snapshot.descendants(self.root)
+
+    def reap_terminated(self, terminated: Iterable[tuple[int, int]]) -> list[int]:
+        """Reap the exact zombies the plugin terminated that were adopted; return their PIDs.
+
+        ``terminated`` holds the ``(pid, start tick)`` of each process the plugin
+        signalled. Only a PID meeting every condition of the reaping rule (module
+        docstring) is waited for, with ``WNOHANG``, one by one.
+        """
+        if self.root != os.getpid() or not _LINUX:
+            return []
+        reaped: list[int] = []
+        for pid, tick in terminated:
+            seen = self._seen.get((pid, tick))
+            if seen is None or not seen.first_seen_deeper:
+                continue  # (c): pytest may have forked it: its waiter owns the status
+            stat = _read_stat(pid)
+            if stat is None or stat[0] != self.root or stat[1] != tick or not stat[2]:
+                continue  # (b): not our zombie child, or no longer that process
+            with contextlib.suppress(ChildProcessError):
+                done, _status = os.waitpid(pid, os.WNOHANG)
+                if done == pid:
+                    reaped.append(pid)
+        return reaped
+
+
+def tick_to_unix(tick: int) -> float:
+    """A start tick as wall-clock seconds (as psutil's ``create_time``)."""
+    if not _LINUX:
+        return tick / _TICKS
+    with open("/proc/stat", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"btime"):
+                return tick / _TICKS + float(line.split()[1])
+    return tick / _TICKS
