@@ -33,7 +33,7 @@ from pytest_leanhost.core.describe import CREATE_TIME_TOLERANCE
 from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
 from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.core.processes import wait_gone
-from pytest_leanhost.record import write_record_atomically
+from pytest_leanhost.files import write_atomically
 
 __all__ = [
     "LEDGER_SCHEMA_VERSION",
@@ -223,7 +223,7 @@ def write_ledger(
         cwd=os.getcwd() if cwd is None else cwd,
         argv=tuple(sys.argv if argv is None else argv),
     )
-    write_record_atomically(path, entry.to_json_bytes())
+    write_atomically(path, entry.to_json_bytes())
     return path
 
 
