@@ -1,9 +1,13 @@
-"""The ``leanhost`` command: ``leanhost doctor processes [--cleanup-stale-records] [--json]``.
+"""The ``leanhost`` command.
 
-Exit status: 0 when the listing was produced, whatever it found; 1 when the
-registry exists but cannot be read, or a stale record could not be removed;
-with ``--check`` also 1 when any record is stale, orphaned, reused or corrupt;
-2 for a usage error.
+``leanhost doctor processes [--cleanup-stale-records] [--json]``: exit status 0
+when the listing was produced, whatever it found; 1 when the registry exists
+but cannot be read, or a stale record could not be removed; with ``--check``
+also 1 when any record is stale, orphaned, reused or corrupt; 2 for a usage error.
+
+``leanhost doctor sessions [--terminate] [--json]``: what runs killed outright
+left alive. Exit status 0 when the listing was produced; 1 when the sessions
+directory cannot be read or a leftover could not be stopped; 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from pytest_leanhost.core.doctor import (
     cleanup_stale_records,
@@ -20,6 +26,15 @@ from pytest_leanhost.core.doctor import (
     render_text,
 )
 from pytest_leanhost.core.registry import RegistryUnreadableError
+from pytest_leanhost.core.sessions import (
+    EarlierSessions,
+    SessionsDirError,
+    StopResult,
+    leftover_lines,
+    scan_earlier_sessions,
+    sessions_dir,
+    terminate_leftovers,
+)
 from pytest_leanhost.record import RegistryError, registry_dir
 
 __all__ = ["build_parser", "main"]
@@ -62,12 +77,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="read this registry directory (default: $LEAN_HOST_MCP_PROCESS_REGISTRY_DIR, "
         "else <user cache dir>/lean-host-mcp/processes)",
     )
+    sessions = topics.add_parser(
+        "sessions",
+        help="list (and stop) processes left alive by test runs that were killed outright",
+        description=(
+            "List live processes that carry the LEANHOST_SESSION of a run whose pytest "
+            "process is gone (SIGKILL, OOM kill, CI timeout), as its session ledger "
+            "proves. A leftover that carried no marker cannot be found once its pytest "
+            "died."
+        ),
+    )
+    sessions.add_argument(
+        "--terminate",
+        action="store_true",
+        help="stop every listed process: exact PID, create time and marker checked "
+        "right before SIGTERM, then SIGKILL",
+    )
+    sessions.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of lines"
+    )
+    sessions.add_argument(
+        "--sessions-dir",
+        metavar="DIR",
+        help="read this ledger directory (default: $LEANHOST_SESSIONS_DIR, "
+        "else <user cache dir>/pytest-leanhost/sessions)",
+    )
+    sessions.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long each of SIGTERM and SIGKILL may take (default 5)",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number of seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.topic == "sessions":
+        return _doctor_sessions(args)
     try:
         registry = args.registry if args.registry else str(registry_dir())
     except RegistryError as exc:
@@ -91,6 +150,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check and any(item.is_problem for item in judged):
         status = 1
     return status
+
+
+def _doctor_sessions(args: argparse.Namespace) -> int:
+    """``leanhost doctor sessions``: list earlier runs' leftovers; ``--terminate`` stops them."""
+    try:
+        directory = Path(args.sessions_dir) if args.sessions_dir else sessions_dir()
+    except SessionsDirError as exc:
+        print(f"leanhost: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        scan = scan_earlier_sessions(None, directory=directory)
+    except SessionsDirError as exc:
+        print(f"leanhost: error: {exc}", file=sys.stderr)
+        return 1
+    for problem in scan.problems:
+        print(
+            f"leanhost: warning: {problem.path} is not a session ledger entry "
+            f"({problem.reason}); left in place",
+            file=sys.stderr,
+        )
+    stopped: list[StopResult] = []
+    if args.terminate and scan.leftovers:
+        stopped = terminate_leftovers(scan.leftovers, args.timeout)
+        # Entries whose leftovers are all gone now prove nothing more: a rescan removes them.
+        scan_earlier_sessions(None, directory=directory)
+    failed = [result for result in stopped if result.action in ("refused", "failed")]
+    for result in failed:
+        print(
+            f"leanhost: error: pid={result.leftover.pid} not stopped: {result.reason}",
+            file=sys.stderr,
+        )
+    if args.json:
+        document = _sessions_json(scan, stopped)
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(_sessions_text(scan, stopped))
+    return 1 if failed else 0
+
+
+def _sessions_text(scan: EarlierSessions, stopped: list[StopResult]) -> str:
+    actions = {result.leftover.pid: result for result in stopped}
+    lines: list[str] = []
+    for leftover in scan.leftovers:
+        lines.extend(leftover_lines([leftover]))
+        result = actions.get(leftover.pid)
+        if result is not None:
+            lines.append(f"  action={result.action}")
+    count, sessions = len(scan.leftovers), len(scan.sessions)
+    if not count:
+        lines.append("leanhost: no process left by an earlier run")
+    else:
+        summary = (
+            f"leanhost: {count} process{'es' if count != 1 else ''} left by "
+            f"{sessions} earlier session{'s' if sessions != 1 else ''}"
+        )
+        if stopped:
+            done = sum(result.action in ("terminated", "killed", "gone") for result in stopped)
+            summary += f"; {done} stopped, {count - done} not"
+        lines.append(summary)
+    return "".join(line + "\n" for line in lines)
+
+
+def _sessions_json(scan: EarlierSessions, stopped: list[StopResult]) -> dict[str, Any]:
+    actions = {result.leftover.pid: result for result in stopped}
+    sessions = []
+    for entry in scan.sessions:
+        processes = []
+        for leftover in scan.leftovers:
+            if leftover.session_id != entry.session_id:
+                continue
+            result = actions.get(leftover.pid)
+            processes.append(
+                {
+                    "pid": leftover.pid,
+                    "create_time": leftover.create_time,
+                    "cmdline": list(leftover.cmdline),
+                    "age_seconds": round(leftover.age_seconds, 3),
+                    "exact_terminate": f"kill -TERM {leftover.pid}",
+                    "action": "none" if result is None else result.action,
+                    "reason": "" if result is None else result.reason,
+                }
+            )
+        sessions.append(
+            {
+                "session_id": entry.session_id,
+                "pytest_pid": entry.pytest_pid,
+                "started_unix": entry.started_unix,
+                "cwd": entry.cwd,
+                "argv": list(entry.argv),
+                "ledger": entry.path,
+                "processes": processes,
+            }
+        )
+    return {
+        "schema_version": 1,
+        "sessions": sessions,
+        "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
+    }
 
 
 if __name__ == "__main__":

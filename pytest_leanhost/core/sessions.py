@@ -1,0 +1,455 @@
+"""The session ledger: what a run killed outright (SIGKILL, OOM, CI timeout) left behind.
+
+At session start the controller writes ``<sessions dir>/<session_id>.json``
+naming its own PID and create time, and removes it at a normal end. A later
+run (or ``leanhost doctor sessions``) reads the ledger: an entry whose pytest
+process is gone (no such PID, or the PID now has another create time) proves
+that session ended without cleaning up, and every live process whose starting
+environment carries ``LEANHOST_SESSION=<that id>`` is what it left.
+
+Without a ledger entry nothing proves that a session's pytest is gone, so a
+process carrying a session id with no entry is never reported. A leftover that
+carried no marker (a launcher scrubbed its environment) cannot be found at all
+once its pytest died: only the dead run knew its lineage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from pytest_leanhost.core.describe import CREATE_TIME_TOLERANCE
+from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
+from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.core.processes import wait_gone
+from pytest_leanhost.files import write_atomically
+
+__all__ = [
+    "LEDGER_SCHEMA_VERSION",
+    "SESSIONS_ENV",
+    "EarlierSessions",
+    "LedgerEntry",
+    "LedgerProblem",
+    "Leftover",
+    "SessionsDirError",
+    "StopResult",
+    "find_earlier_sessions",
+    "leftover_lines",
+    "remove_ledger",
+    "scan_earlier_sessions",
+    "sessions_dir",
+    "terminate_leftovers",
+    "write_ledger",
+]
+
+#: Overrides the per-user sessions directory (the project's own tests use it).
+SESSIONS_ENV = "LEANHOST_SESSIONS_DIR"
+LEDGER_SCHEMA_VERSION = 1
+
+# A session id names a file: letters, digits, '.', '_' and '-', never a leading dot.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+class SessionsDirError(Exception):
+    """The sessions directory is misconfigured or cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerEntry:
+    """One session's ledger entry: enough to prove later whether its pytest is gone."""
+
+    session_id: str
+    pytest_pid: int
+    pytest_create_time: float
+    started_unix: float
+    cwd: str
+    argv: tuple[str, ...]
+    path: str = ""
+
+    def to_json_bytes(self) -> bytes:
+        """The entry as the file holds it (two-space indented JSON)."""
+        data = {
+            "schema_version": LEDGER_SCHEMA_VERSION,
+            "session_id": self.session_id,
+            "pytest_pid": self.pytest_pid,
+            "pytest_create_time": self.pytest_create_time,
+            "started_unix": self.started_unix,
+            "cwd": self.cwd,
+            "argv": list(self.argv),
+        }
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes, path: str) -> LedgerEntry:
+        """Parse a ledger file; raises ``ValueError`` saying what is wrong."""
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        session_id = _field(obj, "session_id", str)
+        if not _SESSION_ID.fullmatch(session_id):
+            raise ValueError(f"session_id {session_id!r} is not a session id")
+        pid = _field(obj, "pytest_pid", int)
+        if pid <= 0:
+            raise ValueError(f"pytest_pid {pid} is not a PID")
+        argv = _field(obj, "argv", list)
+        if not all(isinstance(arg, str) for arg in argv):
+            raise ValueError("argv is not a list of strings")
+        return cls(
+            session_id=session_id,
+            pytest_pid=pid,
+            pytest_create_time=float(_field(obj, "pytest_create_time", (int, float))),
+            started_unix=float(_field(obj, "started_unix", (int, float))),
+            cwd=_field(obj, "cwd", str),
+            argv=tuple(argv),
+            path=path,
+        )
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: Any) -> Any:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerProblem:
+    """A file in the sessions directory that is not a valid ledger entry; it is left in place."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    """A live process that a session killed outright left behind (it carries that session's id)."""
+
+    session_id: str
+    pid: int
+    create_time: float
+    cmdline: tuple[str, ...]
+    age_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlierSessions:
+    """What one scan of the ledger found: the dead sessions, their leftovers, bad files."""
+
+    #: Ledger entries whose pytest is gone and that left live processes.
+    sessions: tuple[LedgerEntry, ...]
+    leftovers: tuple[Leftover, ...]
+    problems: tuple[LedgerProblem, ...]
+    #: Ledger files removed: their pytest was gone and they left nothing.
+    removed: tuple[str, ...]
+
+
+#: What :func:`terminate_leftovers` did to one leftover.
+StopAction = Literal["terminated", "killed", "gone", "refused", "failed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StopResult:
+    """One leftover and what stopping it came to; ``reason`` says why when refused or failed."""
+
+    leftover: Leftover
+    action: StopAction
+    reason: str = ""
+
+
+def sessions_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user sessions directory.
+
+    ``$LEANHOST_SESSIONS_DIR`` when set, else ``<user cache dir>/pytest-leanhost/sessions``
+    (platformdirs' ``user_cache_dir()`` with no app name, as the registry default).
+    An empty variable is an error: it would otherwise mean the current directory.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(SESSIONS_ENV)
+    if value is not None:
+        if not value:
+            raise SessionsDirError(f"{SESSIONS_ENV} is set but empty; unset it or name a directory")
+        return Path(value)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir()) / "pytest-leanhost" / "sessions"
+
+
+def _ledger_path(directory: Path, session_id: str) -> Path:
+    if not _SESSION_ID.fullmatch(session_id):
+        raise ValueError(f"{session_id!r} is not a session id")
+    return directory / f"{session_id}.json"
+
+
+def write_ledger(
+    session_id: str,
+    *,
+    directory: Path | None = None,
+    pid: int | None = None,
+    argv: Sequence[str] | None = None,
+    cwd: str | None = None,
+) -> Path:
+    """Write this session's ledger entry (atomically) and return its path.
+
+    Names the pytest process (``pid``, default this process) with its create time,
+    so that a later reader can prove it gone even if the PID is reused. The
+    directory is created private to the user (mode 0700).
+    """
+    target = sessions_dir() if directory is None else directory
+    path = _ledger_path(target, session_id)
+    created = not target.is_dir()
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if created:
+        target.chmod(0o700)  # mkdir's mode is masked by the umask
+    proc = psutil.Process(os.getpid() if pid is None else pid)
+    entry = LedgerEntry(
+        session_id=session_id,
+        pytest_pid=proc.pid,
+        pytest_create_time=proc.create_time(),
+        started_unix=time.time(),
+        cwd=os.getcwd() if cwd is None else cwd,
+        argv=tuple(sys.argv if argv is None else argv),
+    )
+    write_atomically(path, entry.to_json_bytes())
+    return path
+
+
+def remove_ledger(session_id: str, *, directory: Path | None = None) -> bool:
+    """Remove this session's ledger entry at a normal end; ``False`` when there was none."""
+    target = sessions_dir() if directory is None else directory
+    try:
+        _ledger_path(target, session_id).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_ledger(directory: Path) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
+    """Every ledger entry in ``directory``, and every ``.json`` file that is not one.
+
+    A missing directory holds nothing; one that exists but cannot be listed
+    raises :class:`SessionsDirError`. Symlinks are not followed.
+    """
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return [], []
+    except OSError as exc:
+        raise SessionsDirError(
+            f"cannot read sessions directory {directory}: {exc.strerror or exc}"
+        ) from None
+    entries: list[LedgerEntry] = []
+    problems: list[LedgerProblem] = []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue  # temporary files of an atomic write, or not ours
+        path = directory / name
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read()
+            entry = LedgerEntry.from_json_bytes(data, str(path))
+        except FileNotFoundError:
+            continue  # removed by its session's normal end meanwhile
+        except OSError as exc:
+            problems.append(LedgerProblem(str(path), f"cannot read: {exc.strerror or exc}"))
+            continue
+        except ValueError as exc:
+            problems.append(LedgerProblem(str(path), str(exc)))
+            continue
+        if name != f"{entry.session_id}.json":
+            problems.append(LedgerProblem(str(path), f"names session {entry.session_id}"))
+            continue
+        entries.append(entry)
+    return entries, problems
+
+
+def _pytest_gone(entry: LedgerEntry, table: ProcessTable) -> bool:
+    info = table.get(entry.pytest_pid)
+    return (
+        info is None
+        or info.zombie
+        or abs(info.create_time - entry.pytest_create_time) >= CREATE_TIME_TOLERANCE
+    )
+
+
+def scan_earlier_sessions(
+    current_session_id: str | None,
+    *,
+    directory: Path | None = None,
+    table: ProcessTable | None = None,
+    now: float | None = None,
+) -> EarlierSessions:
+    """Find what sessions killed outright left: one read of the ledger, one of the process table.
+
+    An entry whose pytest is alive (same PID and create time) is a running
+    session and is skipped, as is ``current_session_id``. For the others, every
+    live, non-zombie process whose starting environment holds the exact entry
+    ``LEANHOST_SESSION=<id>`` is a leftover. An entry whose pytest is gone and
+    that left nothing is removed: it is our own file and proves nothing more.
+    """
+    target = sessions_dir() if directory is None else directory
+    entries, problems = read_ledger(target)
+    snapshot = ProcessTable.snapshot() if table is None else table
+    dead = {
+        entry.session_id: entry
+        for entry in entries
+        if entry.session_id != current_session_id and _pytest_gone(entry, snapshot)
+    }
+    leftovers = _marked_leftovers(dead, snapshot, time.time() if now is None else now)
+    with_leftovers = {leftover.session_id for leftover in leftovers}
+    removed: list[str] = []
+    for session_id, entry in dead.items():
+        if session_id not in with_leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                Path(entry.path).unlink()
+                removed.append(entry.path)
+    return EarlierSessions(
+        sessions=tuple(dead[sid] for sid in sorted(with_leftovers)),
+        leftovers=tuple(leftovers),
+        problems=tuple(problems),
+        removed=tuple(removed),
+    )
+
+
+def find_earlier_sessions(
+    current_session_id: str | None,
+    *,
+    directory: Path | None = None,
+    table: ProcessTable | None = None,
+) -> list[Leftover]:
+    """The live processes that sessions killed outright left (see :func:`scan_earlier_sessions`)."""
+    scan = scan_earlier_sessions(current_session_id, directory=directory, table=table)
+    return list(scan.leftovers)
+
+
+def _marked_leftovers(
+    dead: Mapping[str, LedgerEntry], table: ProcessTable, now: float
+) -> list[Leftover]:
+    if not dead:
+        return []
+    markers = {sid: f"{SESSION_ENV}={sid}".encode() for sid in dead}
+    own = os.getpid()
+    found: list[Leftover] = []
+    for info in table:
+        if info.zombie or info.pid == own:
+            continue
+        environ = _read_environ(info.pid)
+        if environ is None:
+            continue
+        for session_id, marker in markers.items():
+            if _has_entry(environ, marker):
+                found.append(
+                    Leftover(
+                        session_id=session_id,
+                        pid=info.pid,
+                        create_time=info.create_time,
+                        cmdline=_cmdline(info.pid, info.create_time),
+                        age_seconds=max(0.0, now - info.create_time),
+                    )
+                )
+                break
+    found.sort(key=lambda leftover: (leftover.session_id, leftover.pid))
+    return found
+
+
+def _cmdline(pid: int, create_time: float) -> tuple[str, ...]:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) >= CREATE_TIME_TOLERANCE:
+            return ()
+        return tuple(proc.cmdline())
+    except psutil.Error:
+        return ()
+
+
+def _still_marked(leftover: Leftover) -> tuple[psutil.Process | None, str]:
+    """The leftover's process if it is still the same process and still carries the marker."""
+    try:
+        proc = psutil.Process(leftover.pid)
+        if abs(proc.create_time() - leftover.create_time) >= CREATE_TIME_TOLERANCE:
+            return None, "gone"  # its PID now belongs to another process
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None, "gone"
+    except psutil.NoSuchProcess:
+        return None, "gone"
+    except psutil.Error as exc:
+        return None, f"cannot inspect: {exc}"
+    environ = _read_environ(leftover.pid)
+    marker = f"{SESSION_ENV}={leftover.session_id}".encode()
+    if environ is None or not _has_entry(environ, marker):
+        return None, f"does not carry {SESSION_ENV}={leftover.session_id}"
+    return proc, ""
+
+
+def terminate_leftovers(leftovers: Iterable[Leftover], timeout: float) -> list[StopResult]:
+    """Stop exactly these processes: SIGTERM, wait ``timeout``, then SIGKILL and wait again.
+
+    Right before signalling, each PID must still have the leftover's create time
+    and carry its session marker; a process that fails either check is never
+    signalled. psutil checks the create time again at each signal. Zombies
+    count as gone; nothing here reaps a process.
+    """
+    results: dict[int, StopResult] = {}
+    pinned: dict[int, tuple[Leftover, psutil.Process]] = {}
+    for leftover in leftovers:
+        proc, why = _still_marked(leftover)
+        if proc is None:
+            action: StopAction = "gone" if why == "gone" else "refused"
+            results[leftover.pid] = StopResult(leftover, action, "" if why == "gone" else why)
+            continue
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            results[leftover.pid] = StopResult(leftover, "gone")
+            continue
+        except psutil.Error as exc:
+            results[leftover.pid] = StopResult(leftover, "failed", f"SIGTERM: {exc}")
+            continue
+        pinned[leftover.pid] = (leftover, proc)
+    alive = {proc.pid for proc in wait_gone([proc for _, proc in pinned.values()], timeout)}
+    for pid, (leftover, proc) in pinned.items():
+        if pid not in alive:
+            results[pid] = StopResult(leftover, "terminated")
+            continue
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            results[pid] = StopResult(leftover, "terminated")
+        except psutil.Error as exc:
+            results[pid] = StopResult(leftover, "failed", f"SIGKILL: {exc}")
+    killed = [proc for pid, (_, proc) in pinned.items() if pid in alive and pid not in results]
+    still = {proc.pid for proc in wait_gone(killed, max(timeout, 1.0))}
+    for proc in killed:
+        leftover = pinned[proc.pid][0]
+        results[proc.pid] = (
+            StopResult(leftover, "failed", "still alive after SIGKILL")
+            if proc.pid in still
+            else StopResult(leftover, "killed")
+        )
+    return [results[pid] for pid in sorted(results)]
+
+
+def leftover_lines(leftovers: Iterable[Leftover]) -> list[str]:
+    """Each leftover as a line a person can act on, then the exact command that stops it."""
+    lines: list[str] = []
+    for leftover in leftovers:
+        lines.append(
+            f"session={leftover.session_id} pid={leftover.pid} "
+            f"age={int(leftover.age_seconds)}s cmdline={shlex.join(leftover.cmdline) or '-'}"
+        )
+        lines.append(f"  exact_terminate=kill -TERM {leftover.pid}")
+    return lines

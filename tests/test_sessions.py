@@ -1,0 +1,311 @@
+"""The session ledger and `leanhost doctor sessions`, with real processes and a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_leanhost.core.ownership import new_session_id
+from pytest_leanhost.core.sessions import (
+    SESSIONS_ENV,
+    Leftover,
+    find_earlier_sessions,
+    remove_ledger,
+    terminate_leftovers,
+    write_ledger,
+)
+from tests.children import poll
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+
+# A child subreaper that runs argv[2:] with its output in the file argv[1], prints
+# that child's PID, and reaps every process it has or adopts until none is left, so
+# whatever the killed pytest leaves is reaped (PID 1 here reaps nothing).
+REAPER_CODE = """
+import ctypes, os, subprocess, sys
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+with open(sys.argv[1], "wb") as out:
+    child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+print(child.pid, flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+"""
+
+INNER_CONFTEST = """
+import os
+
+from pytest_leanhost.core import sessions
+
+
+def pytest_sessionstart(session):
+    # Phase 2 moves this call into the plugin (the controller's session start); the
+    # plugin's own tryfirst pytest_sessionstart has already set LEANHOST_SESSION.
+    sessions.write_ledger(os.environ["LEANHOST_SESSION"])
+"""
+
+INNER_TEST = """
+import os, subprocess, threading
+from pathlib import Path
+
+
+def test_starts_two_sleeps_and_blocks():
+    marked = subprocess.Popen([{sleep!r}, "300"])  # inherits LEANHOST_SESSION
+    unmarked = subprocess.Popen([{sleep!r}, "300"], env={{}})  # carries no marker
+    out = Path(os.environ["LEFTOVER_PIDS"])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(f"{{marked.pid}} {{unmarked.pid}}")
+    os.replace(tmp, out)
+    threading.Event().wait()  # until SIGKILL
+"""
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None when no such PID."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2 :].split()[19])
+
+
+def proc_state(pid: int) -> bytes:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return data[data.rfind(b")") + 2 :].split()[0]
+
+
+def leanhost(*args: str, sessions: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_leanhost.core.cli", "doctor", "sessions", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, SESSIONS_ENV: str(sessions)},
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def sleeps() -> Iterator[list[subprocess.Popen[str]]]:
+    """`sleep` children of this test; each killed (exact PID) and reaped at teardown."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for child in started:
+        child.kill()
+        child.wait()
+
+
+def sleep(started: list[subprocess.Popen[str]], env: dict[str, str]) -> subprocess.Popen[str]:
+    child = subprocess.Popen([SLEEP, "300"], env=env, text=True)
+    started.append(child)
+    return child
+
+
+def dead_pytest_ledger(directory: Path, sleeps: list[subprocess.Popen[str]]) -> str:
+    """A ledger entry naming a real process that is then killed and reaped: a dead pytest."""
+    session_id = new_session_id()
+    stand_in = sleep(sleeps, {})
+    write_ledger(session_id, directory=directory, pid=stand_in.pid)
+    stand_in.kill()
+    stand_in.wait()
+    return session_id
+
+
+def test_the_ledger_entry_names_this_process_privately_and_goes_at_a_normal_end(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "sessions"
+    path = write_ledger("lh-0123", directory=directory, argv=["pytest", "-x"])
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    data = json.loads(path.read_text())
+    assert path.name == "lh-0123.json"
+    assert data["session_id"] == "lh-0123"
+    assert data["pytest_pid"] == os.getpid()
+    assert data["pytest_create_time"] == psutil.Process().create_time()
+    assert data["argv"] == ["pytest", "-x"]
+    assert data["cwd"] == os.getcwd()
+    assert [p.name for p in directory.iterdir()] == ["lh-0123.json"]  # no temporary left
+    assert remove_ledger("lh-0123", directory=directory)
+    assert not path.exists()
+    assert not remove_ledger("lh-0123", directory=directory)
+
+
+def test_a_dead_session_s_marked_process_is_a_leftover_and_an_unmarked_one_is_not(
+    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+) -> None:
+    session_id = dead_pytest_ledger(tmp_path, sleeps)
+    marked = sleep(sleeps, {"LEANHOST_SESSION": session_id})
+    sleep(sleeps, {})
+    sleep(sleeps, {"LEANHOST_SESSION": session_id + "0"})  # a longer id is another session
+    [leftover] = find_earlier_sessions(None, directory=tmp_path)
+    assert (leftover.session_id, leftover.pid) == (session_id, marked.pid)
+    assert leftover.create_time == psutil.Process(marked.pid).create_time()
+    assert leftover.cmdline == (SLEEP, "300")
+    assert leftover.age_seconds >= 0
+    assert (tmp_path / f"{session_id}.json").exists()  # it left something: kept
+
+
+def test_a_running_session_is_no_earlier_session(
+    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+) -> None:
+    session_id = new_session_id()
+    write_ledger(session_id, directory=tmp_path)  # this process: alive
+    sleep(sleeps, {"LEANHOST_SESSION": session_id})
+    assert find_earlier_sessions(None, directory=tmp_path) == []
+    assert (tmp_path / f"{session_id}.json").exists()
+
+
+def test_a_marked_process_without_a_ledger_entry_is_not_reported(
+    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+) -> None:
+    # Nothing proves that session's pytest is gone.
+    sleep(sleeps, {"LEANHOST_SESSION": new_session_id()})
+    assert find_earlier_sessions(None, directory=tmp_path) == []
+
+
+def test_a_dead_session_that_left_nothing_loses_its_entry_and_nothing_else(
+    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+) -> None:
+    session_id = dead_pytest_ledger(tmp_path, sleeps)
+    assert (tmp_path / f"{session_id}.json").exists()
+    (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / "broken.json").write_text("{")
+    assert find_earlier_sessions(None, directory=tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json", "notes.txt"]
+
+
+@linux_only
+def test_terminate_refuses_a_process_without_the_marker_and_one_whose_pid_was_reused(
+    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+) -> None:
+    unmarked = sleep(sleeps, {})
+    created = psutil.Process(unmarked.pid).create_time()
+    ticks = proc_start_ticks(unmarked.pid)
+    claims = [
+        Leftover("lh-x", unmarked.pid, created, (), 0.0),  # no marker
+        Leftover("lh-x", unmarked.pid, created - 50.0, (), 0.0),  # another process's time
+    ]
+    results = terminate_leftovers(claims[:1], 1.0) + terminate_leftovers(claims[1:], 1.0)
+    assert [(r.action, r.reason) for r in results] == [
+        ("refused", "does not carry LEANHOST_SESSION=lh-x"),
+        ("gone", ""),
+    ]
+    assert proc_start_ticks(unmarked.pid) == ticks
+    assert proc_state(unmarked.pid) != b"Z"
+
+
+def test_doctor_sessions_reports_bad_input_in_one_line_and_loses_nothing(tmp_path: Path) -> None:
+    (tmp_path / "lh-bad.json").write_text("{not json")
+    result = leanhost(sessions=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"leanhost: warning: {tmp_path}/lh-bad.json is not a session")
+    assert result.stdout == "leanhost: no process left by an earlier run\n"
+    assert (tmp_path / "lh-bad.json").read_text() == "{not json"
+
+    a_file = tmp_path / "lh-bad.json"
+    result = leanhost("--json", sessions=a_file)
+    assert result.returncode == 1
+    assert result.stderr == f"leanhost: error: cannot read sessions directory {a_file}: " + (
+        "Not a directory\n"
+    )
+    assert result.stdout == ""
+
+    result = leanhost(sessions="")  # an empty variable: a usage error
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "LEANHOST_SESSIONS_DIR is set but empty" in result.stderr
+
+
+@linux_only
+def test_a_sigkilled_run_s_leftover_is_listed_and_terminated_and_an_unmarked_one_untouched(
+    tmp_path: Path,
+) -> None:
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "pytest.ini").write_text("[pytest]\n")
+    (inner / "conftest.py").write_text(INNER_CONFTEST)
+    (inner / "test_hang.py").write_text(INNER_TEST.format(sleep=SLEEP))
+    sessions = tmp_path / "sessions"
+    pids_file = tmp_path / "pids"
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        SESSIONS_ENV: str(sessions),
+        "LEFTOVER_PIDS": str(pids_file),
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    command = [sys.executable, "-m", "pytest", "-p", "leanhost", "-p", "no:cacheprovider", "-q"]
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", REAPER_CODE, str(tmp_path / "inner.out"), *command],
+        cwd=inner,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pinned: list[psutil.Process] = []
+    try:
+        assert reaper.stdout is not None
+        pytest_proc = psutil.Process(int(reaper.stdout.readline()))
+        pinned.append(pytest_proc)
+        assert poll(pids_file.exists, timeout=120), (tmp_path / "inner.out").read_text()
+        marked_pid, unmarked_pid = map(int, pids_file.read_text().split())
+        pinned += [psutil.Process(marked_pid), psutil.Process(unmarked_pid)]
+        marked_ticks, unmarked_ticks = proc_start_ticks(marked_pid), proc_start_ticks(unmarked_pid)
+        [ledger] = sessions.iterdir()
+        session_id = ledger.name.removesuffix(".json")
+
+        pytest_proc.send_signal(signal.SIGKILL)  # psutil: exact PID, create time checked
+        assert poll(lambda: proc_start_ticks(pytest_proc.pid) is None, timeout=30)  # reaped
+
+        listed = leanhost("--json", sessions=sessions)
+        assert listed.returncode == 0, listed.stderr
+        document = json.loads(listed.stdout)
+        assert document["schema_version"] == 1
+        [session] = document["sessions"]
+        assert session["session_id"] == session_id
+        assert session["pytest_pid"] == pytest_proc.pid
+        assert [p["pid"] for p in session["processes"]] == [marked_pid]
+        assert session["processes"][0]["cmdline"] == [SLEEP, "300"]
+
+        text = leanhost(sessions=sessions)
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.splitlines()
+        assert lines[0].startswith(f"session={session_id} pid={marked_pid} age=")
+        assert lines[0].endswith(f"s cmdline={SLEEP} 300")
+        assert lines[1:] == [
+            f"  exact_terminate=kill -TERM {marked_pid}",
+            "leanhost: 1 process left by 1 earlier session",
+        ]
+
+        stopped = leanhost("--terminate", sessions=sessions)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "  action=terminated\n" in stopped.stdout
+        # Our own eyes: exactly that process is gone (reaped by the reaper, or its PID
+        # holds another process now), the unmarked one beside it is untouched.
+        assert poll(lambda: proc_start_ticks(marked_pid) != marked_ticks, timeout=30)
+        assert proc_start_ticks(unmarked_pid) == unmarked_ticks
+        assert proc_state(unmarked_pid) != b"Z"
+        assert not ledger.exists()  # its session left nothing more: our own file, removed
+    finally:
+        for proc in pinned:
+            if proc.is_running():  # psutil: same create time, so the very process
+                proc.kill()
+        reaper.wait(timeout=60)  # it exits once it has reaped everything
+        if reaper.stdout is not None:
+            reaper.stdout.close()
