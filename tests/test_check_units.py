@@ -26,10 +26,11 @@ from pytest_leanhost.core.check import (
     clean_up,
 )
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, LEAK_KINDS, Action, LeakKind
+from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.outcome import CheckCounts, ReportShapeError, RunVerdict, WorkerReport
 from pytest_leanhost.plugin.report import finding_line
 from pytest_leanhost.plugin.xdist import XdistController
-from pytest_leanhost.record import ProcessRecord, write_record_atomically
+from pytest_leanhost.record import ProcessRecord
 
 
 def dead_pid() -> int:
@@ -65,7 +66,7 @@ def test_a_record_of_a_dead_pid_is_a_stale_record_and_cleanup_removes_it(
     pid = dead_pid()
     path = registry / f"{pid}.json"
     record = ProcessRecord(pid, sys.executable, "/", int(time.time() * 1000), None, None, "stdio")
-    write_record_atomically(path, record.to_json_bytes())
+    write_atomically(path, record.to_json_bytes())
 
     checked = check_session({str(registry): "t.py::test_a"}, None, grace=0)
 
