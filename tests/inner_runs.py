@@ -42,9 +42,7 @@ class InnerPytest:
         self.pid_log = pid_log
         monkeypatch.setenv(PID_LOG_ENV, str(pid_log))
         pythonpath = os.environ.get("PYTHONPATH")
-        monkeypatch.setenv(
-            "PYTHONPATH", os.pathsep.join(filter(None, [str(SITE_DIR), pythonpath]))
-        )
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SITE_DIR), pythonpath])))
         # Only the plugins a run names load: a start-up of a fraction of a second.
         monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
