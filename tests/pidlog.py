@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.children import poll
+from pytest_leanhost.stopping import poll_until
 from tests.pidlog_site.leanhost_tests_pidlog import PID_LOG_ENV, start_and_state
 
 __all__ = ["PID_LOG_ENV", "SITE_DIR", "WrittenPid", "kill_survivors", "read_log", "survivors"]
@@ -63,4 +63,4 @@ def kill_survivors(path: Path) -> None:
                 proc.kill()
                 killed.append(written)
     # A zombie counts as gone: its parent may be someone else, who reaps it or not.
-    poll(lambda: not any(written.alive() for written in killed), timeout=5)
+    poll_until(lambda: not any(written.alive() for written in killed), timeout=5)
