@@ -72,13 +72,6 @@ def test_last_sets_nothing():
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the plugin restores LEANHOST_NODEID and the registry variable only at unconfigure;"
-    " the pytest_runtest_protocol wrapper=True hook that puts them back after each test"
-    " makes this pass (then drop this mark)",
-)
 @pytest.mark.parametrize(
     "user",
     [
