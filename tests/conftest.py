@@ -22,9 +22,13 @@ def children() -> Iterator[Children]:
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[InnerPytest]:
+def inner(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[InnerPytest]:
     """Inner runs for this test; whatever they left alive is killed at teardown, pass or fail."""
-    runner = InnerPytest(pytester, monkeypatch)
+    runner = InnerPytest(pytester, monkeypatch, tmp_path_factory.mktemp("pids") / "pids.log")
     try:
         yield runner
     finally:

@@ -1,26 +1,22 @@
 """Running an inner pytest with the plugin, and finding whatever it left behind.
 
-Every process an inner run starts inherits a fresh marker variable, so a test
-can prove nothing of that run survived, and its teardown can stop by exact PID
-whatever a broken run left, pass or fail.
+Every Python process an inner run starts writes down its PID and start time
+(:mod:`tests.pidlog`), so a test can prove with its own eyes, never the plugin's
+marker reader, that nothing of that run survived, and its teardown can stop by
+exact PID whatever a broken run left, pass or fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_leanhost.core.ownership import find_marked_processes, processes_carrying
-from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.processes import PinnedProcess, wait_gone
-
-#: Every process an inner run starts inherits this variable (a fresh value per test),
-#: so the teardown can find and stop by exact PID whatever a broken run left behind.
-INNER_MARKER_ENV = "LEANHOST_TESTS_INNER_RUN"
+from tests.pidlog import PID_LOG_ENV, SITE_DIR, WrittenPid, kill_survivors, read_log, survivors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +33,16 @@ class InnerRun:
 
 
 class InnerPytest:
-    """Runs inner suites with the plugin; finds what they left by an inherited marker."""
+    """Runs inner suites with the plugin; every Python process they start writes its PID down."""
 
-    def __init__(self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pid_log: Path
+    ) -> None:
         self.pytester = pytester
-        self.marker = f"{INNER_MARKER_ENV}={secrets.token_hex(8)}"
-        name, _, value = self.marker.partition("=")
-        monkeypatch.setenv(name, value)
+        self.pid_log = pid_log
+        monkeypatch.setenv(PID_LOG_ENV, str(pid_log))
+        pythonpath = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SITE_DIR), pythonpath])))
         # Only the plugins a run names load: a start-up of a fraction of a second.
         monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
 
@@ -64,26 +63,19 @@ class InnerPytest:
         assert report.exists(), result.stdout.str() + result.stderr.str()
         return InnerRun(result, json.loads(report.read_text()))
 
-    def leftovers(self) -> list[PinnedProcess]:
-        """Live processes (not zombies) that an inner run of this test started."""
-        name, _, value = self.marker.partition("=")
-        found = []
-        for pid, marked in processes_carrying(name, value, ProcessTable.snapshot()).items():
-            proc = PinnedProcess(pid, marked.create_time)
-            if not proc.is_gone():  # still the one we found
-                found.append(proc)
-        return found
+    def written_down(self) -> list[WrittenPid]:
+        """Every process the inner runs of this test wrote down (pytest itself included)."""
+        return read_log(self.pid_log)
 
-    def assert_nothing_left(self, run: InnerRun) -> None:
-        """No process carrying the run's session id (or started by it at all) is alive."""
-        assert find_marked_processes(run.report["session_id"], ProcessTable.snapshot()) == {}
-        assert [proc.pid for proc in self.leftovers()] == []
+    def leftovers(self) -> list[WrittenPid]:
+        """Written-down processes that are still the same process, alive and not zombies."""
+        return survivors(self.pid_log)
+
+    def assert_nothing_left(self, run: InnerRun | None = None) -> None:
+        """Every process the inner runs started has exited (checked in /proc, by start time)."""
+        assert self.written_down(), "no process wrote its PID down: the check would see nothing"
+        assert self.leftovers() == []
 
     def kill_leftovers(self) -> None:
-        """SIGKILL each leftover by exact PID (its create time checked) and wait until it is gone.
-
-        Never reaped here: a leftover's parent, or the subreaper it was reparented to,
-        waits for it; a zombie counts as gone.
-        """
-        procs = [proc for proc in self.leftovers() if proc.kill()]
-        wait_gone(procs, 5)
+        """SIGKILL each leftover by exact PID (start time checked) and wait until it is gone."""
+        kill_survivors(self.pid_log)

@@ -2,7 +2,8 @@
 
 Each test writes a small suite that leaks one thing, runs it with ``-p leanhost``
 in a subprocess, and checks the finding (kind, node id, action), the exit
-status, and that afterwards nothing carrying that run's session id is alive.
+status, and that afterwards no process the run started is alive (PIDs written down by
+the inner processes, checked in /proc by start time: never the plugin's own reader).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from typing import Any
 import psutil
 import pytest
 
-from pytest_leanhost.core.ownership import find_marked_processes
-from pytest_leanhost.core.probe import ProcessTable
 from tests.inner_runs import InnerPytest
 
 # Inner-suite helpers: a registering stdio server held open by the test.
@@ -49,9 +48,9 @@ def run_suite(inner: InnerPytest, body: str, *args: str) -> tuple[Any, dict[str,
     return run.result, run.report
 
 
-def assert_nothing_left(data: dict[str, Any]) -> None:
-    """No process carrying the run's session id is alive, no finding's record remains."""
-    assert find_marked_processes(data["session_id"], ProcessTable.snapshot()) == {}
+def assert_nothing_left(inner: InnerPytest, data: dict[str, Any]) -> None:
+    """No process the run started is alive, no finding's record remains."""
+    inner.assert_nothing_left()
     for finding in data["findings"]:
         if finding["record"] is not None and finding["action"] != "none":
             assert not Path(finding["record"]).exists()
@@ -130,7 +129,7 @@ def test_a_held_server_is_a_leaked_server_and_is_terminated(
         ]
     )
     assert "1 passed" in result.stdout.str()
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_a_forgotten_subprocess_is_a_leaked_process(
@@ -145,7 +144,7 @@ def test_forgets_a_child():
     assert kinds(data) == [("leaked_process", "test_suite.py::test_forgets_a_child")]
     assert data["findings"][0]["record"] is None
     assert data["findings"][0]["action"] == "terminated"
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_a_daemonized_grandchild_is_found_by_its_marker(
@@ -159,7 +158,7 @@ def test_double_fork():
     result, data = run_suite(inner, body)
     assert result.ret == 1
     assert kinds(data) == [("leaked_process", "test_suite.py::test_double_fork")]
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_a_killed_server_leaves_a_stale_record_that_is_removed(
@@ -175,7 +174,7 @@ def test_kills_its_server():
     assert result.ret == 1
     assert kinds(data) == [("stale_record", "test_suite.py::test_kills_its_server")]
     assert data["findings"][0]["action"] == "record_removed"
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_a_server_whose_client_died_is_an_orphaned_server(
@@ -197,7 +196,7 @@ print(child.stdout.readline().decode().strip(), flush=True)
     assert result.ret == 1
     assert kinds(data) == [("orphaned_server", "test_suite.py::test_orphans_a_server")]
     assert data["findings"][0]["action"] == "terminated"
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_a_file_that_is_no_record_is_a_corrupt_record(
@@ -251,7 +250,7 @@ def test_all_allowed():
     assert [f["allowed"] for f in data["findings"]] == [True, True]
     assert {f["action"] for f in data["findings"]} == {"terminated"}
     result.stdout.fnmatch_lines(["leaked_server * [[]allowed[]]"])
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_an_allowed_kind_does_not_cover_another_kind(
@@ -290,9 +289,9 @@ def test_keep_leaks_reports_without_cleaning(pytester: pytest.Pytester, inner: I
         assert finding["action"] == "none"
         assert Path(finding["record"]).exists()
     finally:
-        # The run left it on purpose; it carries the run's session id, so it is ours to stop.
-        for proc in find_marked_processes(data["session_id"], ProcessTable.snapshot()).values():
-            psutil.Process(proc.pid).kill()
+        # The run left it on purpose; it wrote its PID down, so it is ours to stop.
+        assert [written.pid for written in inner.leftovers()] == [finding["pid"]]
+        inner.kill_leftovers()
 
 
 def test_a_failing_test_still_gets_its_leaks_found(
@@ -302,7 +301,7 @@ def test_a_failing_test_still_gets_its_leaks_found(
     result, data = run_suite(inner, body)
     assert result.ret == 1
     assert kinds(data) == [("leaked_server", "test_suite.py::test_fails")]
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 def test_leaks_are_found_under_xdist(pytester: pytest.Pytester, inner: InnerPytest) -> None:
@@ -323,7 +322,7 @@ def test_clean():
         ("leaked_server", "test_suite.py::test_one"),
     ]
     assert {f["worker"] for f in data["findings"]} <= {"gw0", "gw1"}
-    assert_nothing_left(data)
+    assert_nothing_left(inner, data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a record another owner")

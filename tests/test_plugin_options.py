@@ -49,23 +49,62 @@ def test_each_test_gets_its_own_lazily_created_registry(pytester: pytest.Pyteste
     result.assert_outcomes(passed=4)
 
 
-def test_the_environment_is_restored_after_each_test(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytester.makepyfile(
-        test_env="""
+# The last test sets nothing; at session finish the conftest writes down what the
+# environment holds, after every test, before the plugin's own session-end check.
+RESTORED_CONFTEST = """
+import json, os
+
+def pytest_sessionfinish(session):
+    names = ("LEANHOST_NODEID", "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR")
+    seen = {name: os.environ.get(name) for name in names}
+    with open(os.environ["SEEN_FILE"], "w") as handle:
+        json.dump(seen, handle)
+"""
+
+RESTORED_SUITE = """
 import os
 def test_one():
-    assert os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"] != "/outer"
+    assert os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"] != os.environ.get("USER_REGISTRY")
+    assert os.environ["LEANHOST_NODEID"] == "test_env.py::test_one"
 
-def test_outside_a_test_the_user_value_is_back(request):
-    plugin = request.config.pluginmanager.get_plugin("leanhost-session")
-    assert plugin._user_registry_env == "/outer"
+def test_last_sets_nothing():
+    pass
 """
-    )
-    monkeypatch.setenv("LEAN_HOST_MCP_PROCESS_REGISTRY_DIR", "/outer")
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        pytest.param({}, id="unset"),
+        pytest.param(
+            {"LEANHOST_NODEID": "outer-node", "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR": "/outer"},
+            id="user-values",
+        ),
+    ],
+)
+def test_the_environment_is_restored_after_each_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, user: dict[str, str]
+) -> None:
+    """After the tests (at session finish), LEANHOST_NODEID and the registry variable are
+    what they were before the session: unset, or the user's value."""
+    pytester.makeconftest(RESTORED_CONFTEST)
+    pytester.makepyfile(test_env=RESTORED_SUITE)
+    seen_file = pytester.path / "seen.json"
+    monkeypatch.setenv("SEEN_FILE", str(seen_file))
+    # The outer run's own plugin set both for this test: start from the user's state.
+    for name in ("LEANHOST_NODEID", "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    if "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR" in user:
+        monkeypatch.setenv("USER_REGISTRY", user["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
     result = pytester.runpytest_subprocess("-p", "leanhost", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+    seen = json.loads(seen_file.read_text())
+    assert seen == {
+        "LEANHOST_NODEID": user.get("LEANHOST_NODEID"),
+        "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR": user.get("LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"),
+    }
 
 
 def test_isolation_can_be_turned_off(
