@@ -4,7 +4,8 @@ Run by hand (not a test): ``python benchmarks/bench_spawn.py [--runs N]``. For s
 and Streamable HTTP it reports medians over N runs (default 50) of: spawn until the
 record is written (the record's own timestamp) and until ``spawn_server`` returned,
 spawn until the ``initialize`` reply, stop until exited with the record removed, and
-the server's resident memory; and, as the baseline, a bare
+the server's resident memory (and for server-everything, when tests/node is installed:
+spawn until ready by each ready mode, stop time and RSS); and, as the baseline, a bare
 ``python -c "import pytest_leanhost.refserver"``, with the ratio registered/baseline.
 Targets on a 2-core machine: registered within 1.5x the baseline, stdio stop under
 50 ms, RSS under 30 MB. Always exits 0; the table marks each target ok or MISSED.
@@ -61,6 +62,57 @@ def _one_cycle(transport: Transport, registry: Path) -> dict[str, float]:
         "stopped": stopped,
         "rss": rss,
     }
+
+
+EVERYTHING_JS = (
+    Path(__file__).resolve().parent.parent
+    / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+)
+
+
+def _everything_cycle(transport: Transport, ready: str, registry: Path) -> dict[str, float]:
+    """server-everything: spawn until ready by ``ready``, stop, RSS (it writes no record)."""
+    mode = "stdio" if transport == "stdio" else "streamableHttp"
+    started = time.perf_counter()
+    server = spawn_server(
+        ["node", str(EVERYTHING_JS), mode],
+        transport=transport,
+        registry=registry,
+        ready=ready,  # type: ignore[arg-type]
+        port_env="PORT" if transport == "http" else None,
+    )
+    try:
+        ready_s = time.perf_counter() - started
+        rss = float(psutil.Process(server.pid).memory_info().rss)
+        stopping = time.perf_counter()
+        server.stop()
+        stopped = time.perf_counter() - stopping
+    finally:
+        server.stop()
+    return {"ready": ready_s, "stopped": stopped, "rss": rss}
+
+
+def _everything_table(runs: int, registry: Path) -> None:
+    if not EVERYTHING_JS.is_file():
+        print("server-everything: not installed (npm ci --prefix tests/node); skipped")
+        return
+    print()
+    print(f"@modelcontextprotocol/server-everything, medians over {runs} runs")
+    print(f"{'transport/ready':26}{'ready':>14}{'stop':>14}{'RSS':>14}")
+    combos = [
+        ("stdio", "initialize"),
+        ("stdio", "auto"),
+        ("http", "initialize"),
+        ("http", "auto"),
+        ("http", "port"),
+    ]
+    for transport, ready in combos:
+        got = [_everything_cycle(transport, ready, registry) for _ in range(runs)]  # type: ignore[arg-type]
+        med = {key: statistics.median(g[key] for g in got) for key in got[0]}
+        print(
+            f"{transport + ' ' + ready:26}{_ms(med['ready']):>14}{_ms(med['stopped']):>14}"
+            f"{med['rss'] / 2**20:11.1f} MB"
+        )
 
 
 def _ms(seconds: float) -> str:
@@ -121,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     checks += [(f"RSS under 30 MB ({t})", medians[t]["rss"] < 30 * 2**20) for t in TRANSPORTS]
     for label, ok in checks:
         print(f"  {'ok    ' if ok else 'MISSED'}  {label}")
+    with tempfile.TemporaryDirectory(prefix="leanhost-bench-") as tmp:
+        _everything_table(max(1, min(runs, 10)), Path(tmp) / "registry")
     return 0
 
 

@@ -83,7 +83,7 @@ with register_server_process("stdio"):
 
 
 def test_stdio_handshake_tools_and_calls(started: Started) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     result = server.initialize("2025-03-26")
     assert result["protocolVersion"] == "2025-03-26"
     assert server.list_tools() == [{"name": "echo"}]
@@ -96,7 +96,7 @@ def test_stdio_handshake_tools_and_calls(started: Started) -> None:
 def test_stdio_skips_stray_lines_and_notifications_and_answers_a_server_ping(
     started: Started,
 ) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     result = server.request("chatty")
     assert result == {"ping_answer": {"jsonrpc": "2.0", "id": "srv-1", "result": {}}}
     assert server.request("seen") == []  # our answer was a response, not a notification
@@ -105,7 +105,7 @@ def test_stdio_skips_stray_lines_and_notifications_and_answers_a_server_ping(
 def test_stdio_error_reply_raises_mcp_error_with_code_message_and_data(
     started: Started,
 ) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     with pytest.raises(McpError) as caught:
         server.request("fail", {"x": 1})
     assert (caught.value.code, caught.value.message) == (-32602, "bad params")
@@ -114,7 +114,7 @@ def test_stdio_error_reply_raises_mcp_error_with_code_message_and_data(
 
 
 def test_stdio_request_without_reply_times_out(started: Started) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     started_at = time.monotonic()
     with pytest.raises(McpTransportError, match=r"no reply to quiet \(id 1\) within 0\.2 s"):
         server.request("quiet", timeout=0.2)
@@ -123,7 +123,7 @@ def test_stdio_request_without_reply_times_out(started: Started) -> None:
 
 
 def test_stdio_closed_stdout_raises_with_the_stderr_tail(started: Started) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     with pytest.raises(McpTransportError) as caught:
         server.request("die")
     assert "closed stdout before answering die" in str(caught.value)
@@ -135,7 +135,7 @@ def test_stdio_closed_stdout_raises_with_the_stderr_tail(started: Started) -> No
 
 
 def test_stdio_send_after_stdin_closed_raises(started: Started) -> None:
-    server = started.spawn(script(SCRIPTED_STDIO))
+    server = started.spawn(script(SCRIPTED_STDIO), ready="record")  # the wire as sent
     server.close_stdin()
     with pytest.raises(McpTransportError, match="stdin is closed"):
         server.request("seen")

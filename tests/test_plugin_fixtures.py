@@ -354,7 +354,8 @@ def test_a_server_that_never_registers_is_one_clear_error(
     run.result.assert_outcomes(failed=1, errors=0)
     run.result.stdout.fnmatch_lines(
         [
-            "leanhost: server * (pid *, registry *) not registered within 0.5 s*"
+            "leanhost: server * (pid *, registry *) not ready within 0.5 s"
+            " (waiting for ready=auto: a process record or an answer to MCP initialize)*"
             " (ini leanhost_ready_timeout)"
         ]
     )

@@ -174,8 +174,14 @@ def test_a_server_that_never_registers_times_out_quickly(tmp_path: Path) -> None
     before = live_children()
     started_at = time.monotonic()
     with pytest.raises(ServerStartError, match=r"not registered within 0\.3 s") as caught:
-        spawn_server(script("import sys; sys.stdin.read()"), registry=tmp_path, ready_timeout=0.3)
+        spawn_server(
+            script("import sys; sys.stdin.read()"),
+            registry=tmp_path,
+            ready_timeout=0.3,
+            ready="record",
+        )
     assert caught.value.reason == "timeout"
+    assert "(waiting for ready=record: a process record)" in str(caught.value)
     assert time.monotonic() - started_at < 3
     assert live_children() <= before
 

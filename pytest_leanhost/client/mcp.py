@@ -217,14 +217,16 @@ class McpClient:
     def _error(self, message: str) -> McpTransportError:
         return McpTransportError(_with_tail(message, self._stderr_tail))
 
-    def initialize(self, protocol_version: str = DEFAULT_PROTOCOL_VERSION) -> dict[str, Any]:
+    def initialize(
+        self, protocol_version: str = DEFAULT_PROTOCOL_VERSION, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """Run the MCP handshake: ``initialize``, then ``notifications/initialized``."""
         params = {
             "protocolVersion": protocol_version,
             "capabilities": {},
             "clientInfo": CLIENT_INFO,
         }
-        result = self.request("initialize", params)
+        result = self.request("initialize", params, timeout)
         if not isinstance(result, dict):
             raise self._error(f"initialize returned {result!r}, not an object")
         self._initialized(result)

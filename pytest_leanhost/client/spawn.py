@@ -38,8 +38,11 @@ from pytest_leanhost.stopping import Backoff, SignalsByNumber, stop_ladder
 from pytest_leanhost.stopping import Rung as LadderRung
 
 __all__ = [
+    "READY_MODES",
     "McpError",
     "McpTransportError",
+    "Ready",
+    "ReadyMode",
     "ServerProcess",
     "ServerStartError",
     "StopResult",
@@ -48,6 +51,12 @@ __all__ = [
 
 Transport = Literal["stdio", "http"]
 Rung = Literal["stdin_eof", "sigterm", "sigkill", "already_exited"]
+#: How a server counts as ready: its record, an answered ``initialize``, an accepting port
+#: (HTTP), or ``auto``: the record or an answered ``initialize``, whichever comes first.
+ReadyMode = Literal["record", "initialize", "port", "auto"]
+READY_MODES: tuple[ReadyMode, ...] = ("record", "initialize", "port", "auto")
+#: A mode, or a predicate polled with the starting server until it returns True.
+Ready = ReadyMode | Callable[["ServerProcess"], bool]
 
 _TAIL_LINES = 200  # stderr lines kept per server
 _MAX_TAIL_LINE = 4096  # a longer stderr line is kept in pieces of this size
@@ -69,10 +78,13 @@ _RUNGS: dict[LadderRung, Rung] = {
 class ServerStartError(RuntimeError):
     """The server exited, did not register in time, or wrote a corrupt record.
 
-    ``reason`` is ``"exited"``, ``"timeout"`` or ``"corrupt"``.
+    ``reason`` is ``"exited"``, ``"timeout"``, ``"corrupt"`` or ``"refused"`` (a stdio
+    server answered the readiness ``initialize`` with an error).
     """
 
-    def __init__(self, message: str, reason: Literal["exited", "timeout", "corrupt"]) -> None:
+    def __init__(
+        self, message: str, reason: Literal["exited", "timeout", "corrupt", "refused"]
+    ) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -183,6 +195,7 @@ class ServerProcess(SignalsByNumber):
         stderr_lines: _LineTail,
         stdout_drain: PipeLineReader | None,
         bind_arg: str | None = None,
+        http_path: str | None = None,
     ) -> None:
         self._popen = popen
         # Captured while the child cannot have been reaped: pins its create time.
@@ -193,7 +206,12 @@ class ServerProcess(SignalsByNumber):
         self.registry = registry
         self.record_path = registry / f"{popen.pid}.json"
         self._bind_arg = bind_arg
+        self._http_path = http_path
         self._record: ProcessRecord | None = None
+        #: What made the server ready: a mode's name, or ``"callable"``.
+        self.ready_by: str | None = None
+        # The handshake the readiness wait started (``initialize``/``auto``), if any.
+        self._handshake: _Handshake | None = None
         self._stderr = stderr
         self._stderr_lines = stderr_lines
         self._stdout_drain = stdout_drain
@@ -218,18 +236,39 @@ class ServerProcess(SignalsByNumber):
 
     @property
     def record(self) -> ProcessRecord:
-        """The server's record as read when it became ready."""
-        assert self._record is not None, "the server has not registered yet"
+        """The server's record: as read when it became ready, else read now."""
+        assert self.registered, "the server has not registered (see .registered)"
+        assert self._record is not None
         return self._record
 
     @property
+    def registered(self) -> bool:
+        """Whether the server wrote a valid process record (seen while starting or since)."""
+        if self._record is None:
+            try:
+                self._record = self._read_record()
+            except RecordError:
+                return False
+        return self._record is not None
+
+    @property
     def url(self) -> str | None:
-        """``http://HOST:PORT/PATH`` from the record (HTTP), or None (stdio)."""
+        """``http://HOST:PORT/PATH`` (HTTP), or None (stdio).
+
+        From the record when there is one, else from the address and path the server
+        was handed. A server listening on every interface (``0.0.0.0``, ``::``) is
+        reached on loopback.
+        """
         if self.transport != "http":
             return None
-        record = self.record
-        bind = record.bind or self._bind_arg  # a server that does not record its address
-        return f"http://{bind}{record.http_path or '/mcp'}"
+        record = self._record
+        bind = (record.bind if record is not None else None) or self._bind_arg
+        path = (record.http_path if record is not None else None) or self._http_path or "/mcp"
+        if bind is not None:
+            host, _, port = bind.rpartition(":")
+            host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)
+            bind = f"{host}:{port}"
+        return f"http://{bind}{path}"
 
     def _read_record(self) -> ProcessRecord | None:
         """The record if it exists; :class:`RecordError` if it exists but is not valid."""
@@ -255,9 +294,26 @@ class ServerProcess(SignalsByNumber):
             self._http = HttpClient(url, stderr_tail=self.stderr_tail)
         return self._http
 
-    def initialize(self, protocol_version: str = DEFAULT_PROTOCOL_VERSION) -> dict[str, Any]:
-        """Send ``initialize`` then ``notifications/initialized``; return the result."""
-        return self.client.initialize(protocol_version)
+    def initialize(
+        self, protocol_version: str = DEFAULT_PROTOCOL_VERSION, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Send ``initialize`` then ``notifications/initialized``; return the result.
+
+        When the readiness wait already ran the handshake with this protocol version
+        (``ready="initialize"`` or ``"auto"``), its result is returned instead of a
+        second ``initialize``; an in-flight one is waited for.
+        """
+        handshake = self._handshake
+        if handshake is not None and handshake.protocol_version == protocol_version:
+            self._handshake = None  # a later call starts a fresh handshake
+            return handshake.result(timeout)
+        return self.client.initialize(protocol_version, timeout)
+
+    @property
+    def initialized(self) -> dict[str, Any] | None:
+        """The ``initialize`` result the readiness wait obtained, if it ran the handshake."""
+        handshake = self._handshake
+        return handshake.done_result() if handshake is not None else None
 
     def request(
         self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
@@ -382,6 +438,7 @@ def _start(
     env: Mapping[str, str],
     cwd: str | os.PathLike[str] | None,
     bind_arg: str | None,
+    http_path: str | None = None,
 ) -> ServerProcess:
     popen = subprocess.Popen(
         list(argv),
@@ -409,6 +466,7 @@ def _start(
         stderr_lines=lines,
         stdout_drain=drain,
         bind_arg=bind_arg,
+        http_path=http_path,
     )
 
 
@@ -450,6 +508,176 @@ def _http_ready(server: ServerProcess, record: ProcessRecord) -> bool:
     return bind is not None and _accepts(bind)
 
 
+class _Handshake:
+    """One MCP ``initialize`` handshake run in a thread, so a readiness wait can poll it.
+
+    stdio: the request sits in the pipe until the server reads it, while the wait keeps
+    watching for a record and an early exit. HTTP runs it in the caller's thread
+    (``run``), once the port accepts.
+    """
+
+    def __init__(self, client: McpClient, protocol_version: str, timeout: float) -> None:
+        self.client = client
+        self.protocol_version = protocol_version
+        self.timeout = timeout
+        self.done = threading.Event()
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> _Handshake:
+        threading.Thread(target=self.run, name="leanhost-ready-initialize", daemon=True).start()
+        return self
+
+    def run(self) -> None:
+        try:
+            self._result = self.client.initialize(self.protocol_version, self.timeout)
+        except (McpError, McpTransportError) as exc:
+            self._error = exc
+        finally:
+            self.done.set()
+
+    @property
+    def answered(self) -> bool:
+        return self.done.is_set() and self._result is not None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error if self.done.is_set() else None
+
+    def done_result(self) -> dict[str, Any] | None:
+        return self._result if self.done.is_set() else None
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        if not self.done.wait(timeout):
+            raise McpTransportError(f"no reply to initialize within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def _ready_rung(ready: Ready) -> str:
+    """The rung a readiness wait waits for, as an error message names it."""
+    if callable(ready):
+        return f"ready={getattr(ready, '__name__', 'callable')}()"
+    return {
+        "record": "ready=record: a process record",
+        "initialize": "ready=initialize: an answer to MCP initialize",
+        "port": "ready=port: the port accepting a connection",
+        "auto": "ready=auto: a process record or an answer to MCP initialize",
+    }[ready]
+
+
+def _await_ready(server: ServerProcess, ready: Ready, ready_timeout: float) -> None:
+    """Poll until ``ready`` holds; :class:`ServerStartError` (naming the rung) if it never does.
+
+    ``record`` is today's wait (:func:`_wait_ready`). ``initialize`` runs the MCP
+    handshake, so the handle is ready for ``list_tools()``; ``auto`` takes the record
+    or the answer, whichever comes first (the handshake keeps going when the record
+    won, and :meth:`ServerProcess.initialize` returns its result).
+    """
+    rung = _ready_rung(ready)
+    if ready == "record":
+        try:
+            _wait_ready(server, ready_timeout)
+        except ServerStartError as exc:
+            raise ServerStartError(f"{exc} (waiting for {rung})", exc.reason) from None
+        server.ready_by = "record"
+        return
+    backoff = _Backoff(ready_timeout)
+    last_error: BaseException | None = None
+    while True:
+        status = server.returncode
+        if status is not None:
+            raise ServerStartError(
+                f"exited with status {status} before it was ready (waiting for {rung})", "exited"
+            )
+        if ready == "auto":
+            record = _read_settled_record(server)
+            if record is not None and (server.transport != "http" or _http_ready(server, record)):
+                server._record = record
+                server.ready_by = "record"
+                return
+        if callable(ready):
+            if ready(server):
+                server.ready_by = "callable"
+                return
+        elif ready == "port":
+            if _own_port_accepts(server):
+                server.ready_by = "port"
+                return
+        else:  # "initialize", or "auto" before any record
+            handshake = _step_handshake(server, backoff)
+            if handshake is not None and handshake.answered:
+                server.ready_by = "initialize"
+                return
+            if handshake is not None and handshake.error is not None:
+                last_error = handshake.error
+                if server.transport == "stdio" and isinstance(last_error, McpError):
+                    # Rule: an error answer on stdio is final (HTTP tries again).
+                    raise ServerStartError(
+                        f"answered initialize with an error: {last_error} (waiting for {rung})",
+                        "refused",
+                    )
+        if backoff.expired():
+            why = f": last initialize attempt: {last_error}" if last_error is not None else ""
+            raise ServerStartError(
+                f"not ready within {ready_timeout:g} s (waiting for {rung}){why}", "timeout"
+            )
+        backoff.sleep()
+
+
+def _step_handshake(server: ServerProcess, backoff: _Backoff) -> _Handshake | None:
+    """Advance the readiness handshake one step; return it (None: not started yet).
+
+    stdio: started once, in a thread. HTTP: tried (in this thread) each time the port
+    accepts; a failed try, such as a 404 before the routes exist, is tried again.
+    """
+    remaining = max(0.05, backoff.deadline - time.monotonic())
+    if server.transport == "stdio":
+        if server._handshake is None:
+            server._handshake = _Handshake(
+                server.client, DEFAULT_PROTOCOL_VERSION, remaining
+            ).start()
+        return server._handshake
+    if not _own_port_accepts(server):
+        return None
+    # A short try: an exit or a record still gets noticed soon after.
+    handshake = _Handshake(server.client, DEFAULT_PROTOCOL_VERSION, min(remaining, 2.0))
+    handshake.run()
+    if handshake.answered:
+        server._handshake = handshake
+    return handshake
+
+
+def _own_port_accepts(server: ServerProcess) -> bool:
+    """Whether the server's own process tree listens on its port and the port accepts.
+
+    Rule: a port that someone else took before the server bound it is not the server.
+    """
+    from pytest_leanhost.client.contract import listening_addresses
+
+    if server._bind_arg is None:
+        return False
+    _host, port = _split_bind(server._bind_arg)
+    ours = any(bound == port for _pid, _ip, bound in listening_addresses(server._proc))
+    return ours and _accepts(server._bind_arg)
+
+
+def _is_template(arg: str) -> bool:
+    # Rule: only a word (no whitespace) is a template: a script passed with -c is not.
+    return ("{host}" in arg or "{port}" in arg) and not any(ch.isspace() for ch in arg)
+
+
+def _substitute(args: Sequence[str], host: str, port: int) -> tuple[list[str], bool]:
+    """Replace ``{host}`` and ``{port}`` in each word argument; say whether any was there."""
+    out = [
+        arg.replace("{host}", host).replace("{port}", str(port)) if _is_template(arg) else arg
+        for arg in args
+    ]
+    return out, any(_is_template(arg) for arg in args)
+
+
 def spawn_server(
     command: Sequence[str],
     *,
@@ -460,35 +688,57 @@ def spawn_server(
     bind: str | None = None,
     http_path: str | None = None,
     ready_timeout: float = 30.0,
+    ready: Ready = "auto",
+    port_env: str | None = None,
 ) -> ServerProcess:
-    """Start ``command`` as a child server and return once it registered.
+    """Start ``command`` as a child server and return once it is ready.
+
+    ``ready``: ``"record"`` (its process record), ``"initialize"`` (it answered MCP
+    ``initialize``; ``notifications/initialized`` follows), ``"port"`` (HTTP: the port
+    accepts), ``"auto"`` (record or answered ``initialize``, whichever first), or a
+    predicate ``(ServerProcess) -> bool`` that is polled.
 
     The child's environment is ``os.environ`` + ``env`` + the registry variable.
-    HTTP appends ``--bind HOST:PORT`` (a free loopback port unless ``bind`` is given)
-    and ``--http-path`` when given, and retries with a fresh port when the chosen one
-    was taken before the server bound it. Raises :class:`ServerStartError` (after
-    stopping and reaping the child) when it exits first, does not register within
-    ``ready_timeout`` seconds, or writes a corrupt record.
+    HTTP hands the server a free loopback port (or ``bind``): as ``port_env`` in its
+    environment, through ``{host}``/``{port}`` placeholders in ``command``, or else by
+    appending ``--bind HOST:PORT`` (and ``--http-path`` when given). ``http_path``
+    (default ``/mcp``) makes up :attr:`ServerProcess.url` with the address. A chosen
+    port taken before the server bound it is retried with a fresh one. Raises
+    :class:`ServerStartError` (after stopping and reaping the child) when it exits
+    first, is not ready within ``ready_timeout`` seconds, or writes a corrupt record.
     """
     if transport not in ("stdio", "http"):
         raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
+    if not callable(ready) and ready not in READY_MODES:
+        raise ValueError(
+            f"ready must be one of {', '.join(READY_MODES)} or a callable, not {ready!r}"
+        )
+    if ready == "port" and transport != "http":
+        raise ValueError("ready='port' needs transport='http'")
     registry_path = Path(registry)
-    child_env = {**os.environ, **(env or {}), REGISTRY_ENV: os.fspath(registry_path)}
+    base_env = {**os.environ, **(env or {}), REGISTRY_ENV: os.fspath(registry_path)}
     attempts = 1 if transport == "stdio" or bind is not None else _PORT_RETRIES
     for attempt in range(attempts):
         argv = list(command)
+        child_env = dict(base_env)
         port = None
         bind_arg = None
         if transport == "http":
             if bind is None:
                 port = _free_loopback_port()
             bind_arg = bind if bind is not None else f"127.0.0.1:{port}"
-            argv += ["--bind", bind_arg]
-            if http_path is not None:
-                argv += ["--http-path", http_path]
-        server = _start(argv, transport, registry_path, child_env, cwd, bind_arg)
+            host, bind_port = _split_bind(bind_arg)
+            argv, placed = _substitute(argv, host, bind_port)
+            if port_env is not None:
+                child_env[port_env] = str(bind_port)
+            # Rule: a server told its port another way gets no --bind of ours.
+            if not placed and port_env is None:
+                argv += ["--bind", bind_arg]
+                if http_path is not None:
+                    argv += ["--http-path", http_path]
+        server = _start(argv, transport, registry_path, child_env, cwd, bind_arg, http_path)
         try:
-            _wait_ready(server, ready_timeout)
+            _await_ready(server, ready, ready_timeout)
             return server
         except ServerStartError as exc:
             server.stop(_START_FAILURE_GRACE)

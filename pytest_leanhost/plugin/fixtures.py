@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from pytest_leanhost.plugin.settings import DEFAULT_SETTINGS, SETTINGS_KEY, Sett
 from pytest_leanhost.record import REGISTRY_ENV
 
 if TYPE_CHECKING:  # the fixtures load these only when used, to keep `-p leanhost` light
+    from pytest_leanhost.client.contract import Violation
     from pytest_leanhost.client.spawn import ServerProcess, StopResult
     from pytest_leanhost.core.doctor import CleanupResult
     from pytest_leanhost.core.probe import JudgedRecord
@@ -84,8 +85,9 @@ def leanhost_server_command(request: pytest.FixtureRequest) -> list[str]:
 class ServerFactory:
     """Starts servers in the test's registry and checks each against the contract at the end.
 
-    Call it: ``leanhost_server(*extra_args, transport="stdio", env=None, cwd=None)``
-    returns a started, registered :class:`~pytest_leanhost.client.spawn.ServerProcess`.
+    Call it: ``leanhost_server(*extra_args, transport="stdio", env=None, cwd=None,
+    ready=None, port_env=None, http_path=None, rules=None)`` returns a started, ready
+    :class:`~pytest_leanhost.client.spawn.ServerProcess`.
     """
 
     def __init__(self, command: list[str], registry: Path, nodeid: str, settings: Settings) -> None:
@@ -94,6 +96,7 @@ class ServerFactory:
         self.nodeid = nodeid
         self.settings = settings
         self.servers: list[ServerProcess] = []
+        self._rules: dict[int, tuple[int, ...]] = {}  # server pid -> rules to check
 
     def __call__(
         self,
@@ -101,12 +104,17 @@ class ServerFactory:
         transport: str = "stdio",
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        ready: str | Callable[[ServerProcess], bool] | None = None,
+        port_env: str | None = None,
+        http_path: str | None = None,
+        rules: str | Iterable[int] | None = None,
     ) -> ServerProcess:
         if transport not in ("stdio", "http"):
             raise ValueError(f"transport must be 'stdio' or 'http', not {transport!r}")
         from pytest_leanhost.client.spawn import ServerStartError, spawn_server
 
         __tracebackhide__ = True
+        chosen = self.settings.contract_rules if rules is None else _per_call_rules(rules)
         try:
             server = spawn_server(
                 [*self.command, *extra_args],
@@ -115,11 +123,15 @@ class ServerFactory:
                 env={NODEID_ENV: self.nodeid, **(env or {})},
                 cwd=cwd,
                 ready_timeout=self.settings.ready_timeout,
+                ready=self.settings.ready if ready is None else ready,  # type: ignore[arg-type]
+                port_env=port_env,
+                http_path=http_path,
             )
         except ServerStartError as exc:
             hint = " (ini leanhost_ready_timeout)" if exc.reason == "timeout" else ""
             pytest.fail(f"leanhost: {exc}{hint}", pytrace=False)
         self.servers.append(server)
+        self._rules[server.pid] = chosen
         return server
 
     def stop_all(self) -> list[str]:
@@ -129,44 +141,67 @@ class ServerFactory:
         timeout plugin firing in teardown, Ctrl-C); the first such error is
         raised again once all are stopped.
         """
+        from pytest_leanhost.client.contract import check_running
+
         problems: list[str] = []
         interrupted: BaseException | None = None
         for server in reversed(self.servers):
+            rules = self._rules.get(server.pid, self.settings.contract_rules)
             try:
+                # Rule: listening sockets are read while the server still runs.
+                running = check_running(server, rules)  # type: ignore[arg-type]
                 result = server.stop(self.settings.shutdown_timeout)
             except BaseException as exc:
                 interrupted = interrupted or exc
                 continue
-            problems.extend(contract_violations(server, result, self.settings.shutdown_timeout))
+            problems.extend(
+                contract_violations(
+                    server, result, self.settings.shutdown_timeout, rules, running=running
+                )
+            )
         if interrupted is not None:
             raise interrupted
         return problems
 
 
-def contract_violations(server: ServerProcess, result: StopResult, timeout: float) -> list[str]:
-    """What a stopped server did against the lifecycle contract, one line per rule broken."""
-    where = f"server pid={server.pid} ({server.transport})"
-    problems = []
-    if server.transport == "stdio" and result.rung in ("sigterm", "sigkill"):
-        problems.append(
-            f"rule 3: {where} did not exit on stdin EOF within {timeout:g}s "
-            f"(ended by {result.rung.upper()})"
-        )
-    if server.transport == "http" and result.rung == "sigkill":
-        problems.append(f"rule 5: {where} did not exit on SIGTERM within {timeout:g}s")
-    graceful = result.rung in ("stdin_eof", "sigterm")
-    if graceful and result.returncode not in (0, None):
-        problems.append(f"rule 3/5: {where} exited with status {result.returncode}, not 0")
-    if not result.record_removed and result.rung != "sigkill":
-        # After SIGKILL a left record is not the server's doing; rule 5 or 3 says why.
-        problems.append(f"rule 2: {where} did not remove its record {server.record_path}")
-    if result.surviving_workers:
-        pids = ",".join(str(pid) for pid in result.surviving_workers)
-        problems.append(f"rule 6: {where} left worker children alive: {pids}")
+def _per_call_rules(rules: str | Iterable[int]) -> tuple[int, ...]:
+    from pytest_leanhost.client.contract import parse_rules
+
+    try:
+        return parse_rules(rules)
+    except ValueError as exc:
+        raise ValueError(f"leanhost_server(rules=...): {exc}") from None
+
+
+def contract_violations(
+    server: ServerProcess,
+    result: StopResult,
+    timeout: float,
+    rules: Iterable[int] | None = None,
+    *,
+    running: Iterable[Violation] = (),
+) -> list[str]:
+    """What a stopped server did against the selected rules, one line per violation.
+
+    Each line names the rule, the PID and what was seen, then the server's stderr tail.
+    """
+    from pytest_leanhost.client.contract import ALL_RULES, check_stopped
+
+    chosen = ALL_RULES if rules is None else tuple(rules)
+    found = [*running, *check_stopped(server, result, timeout, chosen)]  # type: ignore[arg-type]
+    problems = [_line(server, violation) for violation in found]
     if problems:
         tail = server.stderr_tail().rstrip()
         problems.append("stderr tail:\n" + (tail if tail else "  (empty)"))
     return problems
+
+
+def _line(server: ServerProcess, violation: Violation) -> str:
+    """``rule N: server pid=P (transport) what was seen``; a worker's PID is named as one."""
+    who = f"server pid={server.pid}"
+    if violation.pid != server.pid:
+        who = f"pid={violation.pid} (worker of server pid={server.pid})"
+    return f"rule {violation.rule}: {who} ({server.transport}) {violation.seen}"
 
 
 @pytest.fixture

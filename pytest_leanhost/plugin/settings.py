@@ -13,6 +13,11 @@ import shlex
 
 import pytest
 
+#: The readiness modes (``pytest_leanhost.client.spawn.READY_MODES``, kept light here).
+READY_MODES = ("record", "initialize", "port", "auto")
+#: The contract rules checked at teardown (``pytest_leanhost.client.contract.ALL_RULES``).
+CONTRACT_RULES = (1, 2, 3, 5, 6)
+
 __all__ = ["DEFAULT_SETTINGS", "SETTINGS_KEY", "Settings", "add_options", "read_settings"]
 
 
@@ -28,6 +33,8 @@ class Settings:
     ready_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     grace: float = 1.0
+    ready: str = "auto"
+    contract_rules: tuple[int, ...] = CONTRACT_RULES
 
 
 #: The settings of a run without the plugin (fixtures imported into a conftest).
@@ -82,6 +89,19 @@ def add_options(parser: pytest.Parser) -> None:
         default="30",
     )
     parser.addini(
+        "leanhost_ready",
+        "when a started server counts as ready: record, initialize (it answered MCP "
+        "initialize), port (HTTP: the port accepts) or auto (record or initialize, "
+        "whichever first; default)",
+        default="auto",
+    )
+    parser.addini(
+        "leanhost_contract_rules",
+        "lifecycle rules checked at teardown: all (default: every rule that applies), "
+        "none, or rule numbers from 1,2,3,5,6 (e.g. '3,5')",
+        default="all",
+    )
+    parser.addini(
         "leanhost_shutdown_timeout",
         "seconds a server may take to exit at each rung of the shutdown ladder (default: 10)",
         default="10",
@@ -111,7 +131,33 @@ def read_settings(config: pytest.Config) -> Settings:
         ready_timeout=_seconds(config, "leanhost_ready_timeout", allow_zero=False),
         shutdown_timeout=_seconds(config, "leanhost_shutdown_timeout", allow_zero=False),
         grace=_seconds(config, "leanhost_grace", allow_zero=True),
+        ready=_ready(config),
+        contract_rules=_rules(config),
     )
+
+
+def _ready(config: pytest.Config) -> str:
+    raw = str(config.getini("leanhost_ready")).strip()
+    if raw not in READY_MODES:
+        raise pytest.UsageError(
+            f"leanhost: leanhost_ready = {raw!r} must be one of {', '.join(READY_MODES)}"
+        )
+    return raw
+
+
+def parse_rules(value: object, source: str) -> tuple[int, ...]:
+    """``all``/None: every rule; ``none``: none; numbers: those; else a usage error."""
+    from pytest_leanhost.client.contract import parse_rules as parse
+
+    try:
+        return parse(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise pytest.UsageError(f"leanhost: {source}: {exc}") from None
+
+
+def _rules(config: pytest.Config) -> tuple[int, ...]:
+    raw = str(config.getini("leanhost_contract_rules"))
+    return parse_rules(raw, f"leanhost_contract_rules = {raw.strip()!r}")
 
 
 def _server_command(config: pytest.Config) -> tuple[str, ...] | None:

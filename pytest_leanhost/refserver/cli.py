@@ -45,6 +45,7 @@ FAULTS: dict[str, str] = {
     "orphan-worker": "workers survive the server (reparented, no record; each ends after 120 s)",
     "ignore-sigterm": "ignore SIGTERM (SIGINT and stdin EOF still stop the server)",
     "corrupt-record": "write the first half of the record's bytes instead of a valid record",
+    "bind-all": "listen on every interface (0.0.0.0 or ::, same port) instead of loopback (HTTP)",
 }
 
 # Characters a path may not hold: lean-host-mcp's rule, plus whitespace and control characters,

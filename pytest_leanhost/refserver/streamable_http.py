@@ -86,7 +86,10 @@ class _Server(ThreadingHTTPServer):
         assert config.bind is not None
         self.transport = transport
         self.address_family = socket.AF_INET6 if config.bind.ipv6 else socket.AF_INET
-        super().__init__((config.bind.host, config.bind.port), _Handler)
+        host = config.bind.host
+        if config.has_fault("bind-all"):  # fault: reachable from the network (rule 5)
+            host = "::" if config.bind.ipv6 else "0.0.0.0"
+        super().__init__((host, config.bind.port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would look up the host's FQDN (a DNS query); not needed here.
