@@ -18,6 +18,7 @@ import psutil
 
 if TYPE_CHECKING:
     from pytest_leanhost.client.spawn import ServerProcess, StopResult
+    from pytest_leanhost.core.processes import PinnedProcess
 
 __all__ = [
     "ALL_RULES",
@@ -88,13 +89,16 @@ def _is_loopback(ip: str) -> bool:
     return address.is_loopback
 
 
-def listening_addresses(root: psutil.Process) -> list[tuple[int, str, int]]:
+def listening_addresses(root: PinnedProcess | None) -> list[tuple[int, str, int]]:
     """``(pid, ip, port)`` of every TCP socket listening in ``root``'s process tree.
 
     Read from the OS (psutil), so it sees what the server did, not what it was told.
     """
+    proc = root.process() if root is not None else None
+    if proc is None:
+        return []
     try:
-        tree = [root, *root.children(recursive=True)]
+        tree = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
     found: list[tuple[int, str, int]] = []
@@ -120,7 +124,7 @@ def check_running(server: ServerProcess, rules: Iterable[Rule] = ALL_RULES) -> l
         return []
     return [
         Violation(5, pid, f"listens on {_shown(ip, port)}, not a loopback address")
-        for pid, ip, port in listening_addresses(server._proc)
+        for pid, ip, port in listening_addresses(server.pinned)
         if not _is_loopback(ip)
     ]
 

@@ -344,6 +344,12 @@ class ServerProcess(SignalsByNumber):
         """The last ``lines`` lines the server wrote to stderr."""
         return self._stderr_lines.text(lines)
 
+    @property
+    def pinned(self) -> PinnedProcess | None:
+        """The server process, pinned by PID and create time; None once it exited."""
+        # Rule: once reaped, the PID may name another process: an exited server is none.
+        return None if self._popen.poll() is not None else self._pinned
+
     def child_pids(self) -> list[int]:
         """PIDs of the server's live direct children."""
         return [child.pid for child in self._children(recursive=False)]
@@ -584,7 +590,7 @@ def _await_ready(server: ServerProcess, ready: Ready, ready_timeout: float) -> N
             raise ServerStartError(f"{exc} (waiting for {rung})", exc.reason) from None
         server.ready_by = "record"
         return
-    backoff = _Backoff(ready_timeout)
+    backoff = Backoff(ready_timeout)
     last_error: BaseException | None = None
     while True:
         status = server.returncode
@@ -627,7 +633,7 @@ def _await_ready(server: ServerProcess, ready: Ready, ready_timeout: float) -> N
         backoff.sleep()
 
 
-def _step_handshake(server: ServerProcess, backoff: _Backoff) -> _Handshake | None:
+def _step_handshake(server: ServerProcess, backoff: Backoff) -> _Handshake | None:
     """Advance the readiness handshake one step; return it (None: not started yet).
 
     stdio: started once, in a thread. HTTP: tried (in this thread) each time the port
@@ -660,7 +666,7 @@ def _own_port_accepts(server: ServerProcess) -> bool:
     if server._bind_arg is None:
         return False
     _host, port = _split_bind(server._bind_arg)
-    ours = any(bound == port for _pid, _ip, bound in listening_addresses(server._proc))
+    ours = any(bound == port for _pid, _ip, bound in listening_addresses(server.pinned))
     return ours and _accepts(server._bind_arg)
 
 
