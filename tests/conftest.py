@@ -1,7 +1,23 @@
-"""Fixtures shared by the project's tests."""
+"""The project's own tests: a sandboxed home and cache, and the fixtures they share.
+
+No test ever touches the user's real registry. ``HOME``, ``XDG_CACHE_HOME`` and
+``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` point into a temporary directory for the
+whole run, set when pytest loads this file (an initial conftest, through
+``testpaths`` or a path under ``tests/``), before any test, xdist worker or
+subprocess starts. So the default registry (``<user cache dir>/lean-host-mcp/processes``,
+``~/.cache`` on Linux and ``~/Library/Caches`` on macOS) is a throwaway, also for a
+server whose launcher keeps only ``HOME`` of its environment (the MCP SDKs do).
+
+This sandbox is for these tests only: the examples (``pytest -p leanhost
+examples/...``) run as a user's suite does, and their doctor section shows the
+user's own default registry, which they only read.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +25,19 @@ import pytest
 
 from tests.children import Children, Started
 from tests.inner_runs import InnerPytest
+
+_SANDBOX = tempfile.mkdtemp(prefix="leanhost-tests-")
+for _name, _sub in [
+    ("HOME", "home"),
+    ("XDG_CACHE_HOME", "cache"),
+    ("LEAN_HOST_MCP_PROCESS_REGISTRY_DIR", "registry"),
+]:
+    os.environ[_name] = os.path.join(_SANDBOX, _sub)
+os.makedirs(os.environ["HOME"], mode=0o700)
+
+
+def pytest_unconfigure() -> None:
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
 @pytest.fixture
