@@ -33,7 +33,9 @@ REGISTRY_PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+_PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
+# Linux says; macOS PIDs stay below 100000.
+PID_MAX = int(_PID_MAX_FILE.read_text()) if _PID_MAX_FILE.exists() else 99_999
 DEAD_PIDS = st.integers(PID_MAX + 1, 2**32 - 1)  # no process can have such a PID
 
 # File names as the file system takes them: any bytes but "/" and NUL, at most 255 of

@@ -149,7 +149,10 @@ def test_register_writes_every_field_as_the_rust_server_does(tmp_path: Path) -> 
         assert data == record.to_json_bytes()
         assert reg.record == record
         assert record.pid == os.getpid()
-        assert record.executable == os.readlink("/proc/self/exe")
+        if sys.platform.startswith("linux"):
+            assert record.executable == os.readlink("/proc/self/exe")
+        else:
+            assert record.executable == os.path.realpath(sys.executable)
         assert record.cwd == os.getcwd()
         assert record.parent_pid_at_start == os.getppid()
         assert record.process_group_id == os.getpgrp()
