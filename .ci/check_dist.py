@@ -23,7 +23,6 @@ WHEEL_MUST_HOLD = [
     "pytest_leanhost/__init__.py",
     "pytest_leanhost/py.typed",
     "pytest_leanhost/schemas/report.schema.json",
-    "pytest_leanhost/refserver/__main__.py",
 ]
 SDIST_MUST_HOLD = [
     "pyproject.toml",
