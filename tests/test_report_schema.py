@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pytest_leanhost.kinds import LEAK_KINDS
+from pytest_leanhost.core.kinds import LEAK_KINDS
 from tests.inner_runs import InnerPytest
 
 
