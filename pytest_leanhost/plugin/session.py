@@ -89,6 +89,10 @@ class LeanhostSession:
         if self.workerid is not None:
             self.state.register_worker(self.workerid, os.getpid())
             self._setenv(WORKER_ENV, self.workerid)
+        else:
+            # Rule: a nested pytest (pytester under an xdist worker) is no worker: what its
+            # tests start must not carry the outer run's worker name.
+            self._setenv(WORKER_ENV, None)
         self._setenv(SESSION_ENV, session_id)
 
     def _session_root(self) -> Path:
@@ -342,9 +346,10 @@ class LeanhostSession:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _setenv(self, name: str, value: str) -> None:
+    def _setenv(self, name: str, value: str | None) -> None:
+        """Set (or, with None, unset) a variable; unconfigure puts the old value back."""
         self._saved_env.setdefault(name, os.environ.get(name))
-        os.environ[name] = value
+        _restore(name, value)
 
     def _install_sigterm_handler(self) -> None:
         """Turn SIGTERM into KeyboardInterrupt, so teardown and the cleanup still run.
