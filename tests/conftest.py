@@ -1,7 +1,7 @@
 """The project's own tests: a sandboxed home and cache, and the fixtures they share.
 
 No test ever touches the user's real registry. ``HOME``, ``XDG_CACHE_HOME`` and
-``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` point into a temporary directory for the
+``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` and ``LEANHOST_SESSIONS_DIR`` point into a temporary directory for the
 whole run, set when pytest loads this file (an initial conftest, through
 ``testpaths`` or a path under ``tests/``), before any test, xdist worker or
 subprocess starts. So the default registry (``<user cache dir>/lean-host-mcp/processes``,
@@ -31,6 +31,8 @@ for _name, _sub in [
     ("HOME", "home"),
     ("XDG_CACHE_HOME", "cache"),
     ("LEAN_HOST_MCP_PROCESS_REGISTRY_DIR", "registry"),
+    # The session ledger (pytest_leanhost.core.sessions) of this run and its inner runs.
+    ("LEANHOST_SESSIONS_DIR", "sessions"),
 ]:
     os.environ[_name] = os.path.join(_SANDBOX, _sub)
 os.makedirs(os.environ["HOME"], mode=0o700)

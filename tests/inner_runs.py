@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.pidlog import PID_LOG_ENV, SITE_DIR, WrittenPid, kill_survivors, read_log, survivors
+from tests.report_schema import validate_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class InnerPytest:
         self.pytester = pytester
         self.pid_log = pid_log
         monkeypatch.setenv(PID_LOG_ENV, str(pid_log))
+        # Each test's inner runs have their own session ledger, never the user's.
+        self.sessions_dir = pid_log.parent / "sessions"
+        monkeypatch.setenv("LEANHOST_SESSIONS_DIR", str(self.sessions_dir))
         pythonpath = os.environ.get("PYTHONPATH")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SITE_DIR), pythonpath])))
         # Only the plugins a run names load: a start-up of a fraction of a second.
@@ -61,7 +65,9 @@ class InnerPytest:
             timeout=120,
         )
         assert report.exists(), result.stdout.str() + result.stderr.str()
-        return InnerRun(result, json.loads(report.read_text()))
+        document = json.loads(report.read_text())
+        validate_report(document)  # every inner run's report, against the shipped schema
+        return InnerRun(result, document)
 
     def written_down(self) -> list[WrittenPid]:
         """Every process the inner runs of this test wrote down (pytest itself included)."""

@@ -28,7 +28,7 @@ from pytest_leanhost.core.check import (
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, LEAK_KINDS, Action, LeakKind
 from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.outcome import CheckCounts, ReportShapeError, RunVerdict, WorkerReport
-from pytest_leanhost.plugin.report import finding_line
+from pytest_leanhost.plugin.report import finding_details, finding_line
 from pytest_leanhost.plugin.xdist import XdistController
 from pytest_leanhost.record import ProcessRecord
 
@@ -123,11 +123,11 @@ def test_finding_line_names_kind_test_pid_record_action_and_flags() -> None:
         allowed=True,
     )
     assert finding_line(finding) == (
-        "leaked_server t.py::test_a pid=42 transport=http record=/r/42.json"
-        " action=terminated worker=gw1 (child_pids=43) [allowed]"
+        "leaked_server t.py::test_a pid=42 transport=http action=terminated worker=gw1 [allowed]"
     )
+    assert finding_details(finding) == ["  record=/r/42.json", "  child_pids=43"]
     assert finding_line(Finding(kind="leaked_process")) == (
-        "leaked_process <session> pid=- transport=- record=- action=none"
+        "leaked_process <session> pid=- transport=- action=none"
     )
 
 

@@ -25,6 +25,7 @@ from pytest_leanhost.core.sessions import (
     write_ledger,
 )
 from tests.children import poll
+from tests.report_schema import validate_report
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -44,18 +45,6 @@ while True:
         os.wait()
     except ChildProcessError:
         break
-"""
-
-INNER_CONFTEST = """
-import os
-
-from pytest_leanhost.core import sessions
-
-
-def pytest_sessionstart(session):
-    # Phase 2 moves this call into the plugin (the controller's session start); the
-    # plugin's own tryfirst pytest_sessionstart has already set LEANHOST_SESSION.
-    sessions.write_ledger(os.environ["LEANHOST_SESSION"])
 """
 
 INNER_TEST = """
@@ -238,7 +227,6 @@ def test_a_sigkilled_run_s_leftover_is_listed_and_terminated_and_an_unmarked_one
     inner = tmp_path / "inner"
     inner.mkdir()
     (inner / "pytest.ini").write_text("[pytest]\n")
-    (inner / "conftest.py").write_text(INNER_CONFTEST)
     (inner / "test_hang.py").write_text(INNER_TEST.format(sleep=SLEEP))
     sessions = tmp_path / "sessions"
     pids_file = tmp_path / "pids"
@@ -272,6 +260,38 @@ def test_a_sigkilled_run_s_leftover_is_listed_and_terminated_and_an_unmarked_one
 
         pytest_proc.send_signal(signal.SIGKILL)  # psutil: exact PID, create time checked
         assert poll(lambda: proc_start_ticks(pytest_proc.pid) is None, timeout=30)  # reaped
+
+        # The next, clean run reports the leftover by PID, with the command that stops it.
+        clean = tmp_path / "clean"
+        clean.mkdir()
+        (clean / "pytest.ini").write_text("[pytest]\n")
+        (clean / "test_ok.py").write_text("def test_ok():\n    pass\n")
+        report = tmp_path / "report.json"
+        second = subprocess.run(
+            [*command, "--leanhost-report", str(report)],
+            cwd=clean,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 0, second.stdout + second.stderr  # report: does not fail
+        out = second.stdout.splitlines()
+        assert any("leanhost: left by an earlier run" in line for line in out)
+        [listed_line] = [line for line in out if line.startswith("earlier_session ")]
+        assert listed_line.startswith(f"earlier_session {session_id} pid={marked_pid} age=")
+        assert listed_line.endswith(f" cmdline={SLEEP} 300")
+        assert f"  exact_terminate=kill -TERM {marked_pid}" in out
+        assert str(unmarked_pid) not in second.stdout
+        document = json.loads(report.read_text())
+        validate_report(document)
+        assert [
+            (e["session_id"], e["pid"], e["cmdline"], e["action"])
+            for e in document["earlier_sessions"]
+        ] == [(session_id, marked_pid, [SLEEP, "300"], "none")]
+        # the clean run removed its own entry at its normal end; the dead one's is kept
+        assert [p.name for p in sessions.iterdir()] == [ledger.name]
 
         listed = leanhost("--json", sessions=sessions)
         assert listed.returncode == 0, listed.stderr

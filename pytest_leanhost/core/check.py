@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from pytest_leanhost.core.explain import DetailShapeError, ProcessDetail
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, Action, LeakKind
 from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
 from pytest_leanhost.core.probe import ProcessTable
@@ -70,6 +71,8 @@ class Finding:
     action: Action = "none"
     allowed: bool = False
     worker: str | None = None
+    #: What the process is (schema version 2); ``None`` for a record-only finding.
+    process: ProcessDetail | None = None
 
     def to_json(self) -> dict[str, object]:
         """The report's object for this finding."""
@@ -84,6 +87,7 @@ class Finding:
             "allowed": self.allowed,
             "worker": self.worker,
             "detail": self.detail,
+            "process": self.process.to_json() if self.process is not None else None,
         }
 
     @classmethod
@@ -108,7 +112,13 @@ class Finding:
         detail, allowed = data.get("detail", ""), data.get("allowed", False)
         if not isinstance(detail, str) or not isinstance(allowed, bool):
             raise FindingShapeError("detail must be a string and allowed a boolean")
+        process = data.get("process")
+        try:
+            detail_of = ProcessDetail.from_json(process) if process is not None else None
+        except DetailShapeError as exc:
+            raise FindingShapeError(str(exc)) from None
         return cls(
+            process=detail_of,
             kind=kind,
             pid=pid,
             detail=detail,

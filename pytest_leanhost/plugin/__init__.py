@@ -56,3 +56,4 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(controller, "leanhost-xdist")
     session = LeanhostSession(config, settings, worker=worker, controller=controller)
     config.pluginmanager.register(session, "leanhost-session")
+    config.pluginmanager.register(session.phases, "leanhost-phases")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_leanhost.core.check import Finding
+    from pytest_leanhost.plugin.earlier import EarlierLeftover
 
 __all__ = [
     "JUNIT_CASE_NAME",
@@ -24,30 +25,121 @@ __all__ = [
     "add_junit_leaks",
     "finding_line",
     "github_annotation",
+    "grouped_lines",
     "write_json_report",
 ]
 
-#: Version of the ``--leanhost-report`` document; bumped on any incompatible change.
-REPORT_SCHEMA_VERSION = 1
+#: Version of the ``--leanhost-report`` document. 2 is additive over 1: each finding's
+#: ``process``, and the top level's ``earlier_sessions`` and ``watched_registries``.
+REPORT_SCHEMA_VERSION = 2
 
 #: The JUnit test case that carries the leak check's verdict.
 JUNIT_CASE_NAME = "leanhost_session_leak_check"
 
 
 def finding_line(finding: Finding) -> str:
-    """One line per leak: kind, test, PID, transport, record, and what was done."""
+    """A leak's first line, greppable: kind, test, PID, transport, what was done, flags.
+
+    Long paths (the record) and the detail follow on indented lines
+    (:func:`finding_details`), so the first line stays short.
+    """
     line = (
         f"{finding.kind} {finding.nodeid or '<session>'} pid={_dash(finding.pid)}"
-        f" transport={_dash(finding.transport)} record={_dash(finding.record)}"
-        f" action={finding.action}"
+        f" transport={_dash(finding.transport)} action={finding.action}"
     )
     if finding.worker:
         line += f" worker={finding.worker}"
-    if finding.detail:
-        line += f" ({finding.detail})"
     if finding.allowed:
         line += " [allowed]"
     return line
+
+
+def finding_details(finding: Finding, indent: str = "  ") -> list[str]:
+    """The indented lines under a leak's first line: the process tree, record, detail."""
+    lines: list[str] = []
+    process = finding.process
+    if process is not None:
+        started = f"started in {process.phase}"
+        if process.started_in is not None and process.started_in != finding.nodeid:
+            started += f" of {process.started_in}"
+        lines.append(
+            f"{indent}{finding.pid} {_command(process.cmdline)}"
+            f"  (age {_age(process.age_seconds)}, {started})"
+        )
+        depth = {finding.pid: 0}
+        for child in process.descendants:
+            level = depth.get(child.ppid, 0) + 1
+            depth[child.pid] = level
+            lines.append(f"{indent}{'   ' * (level - 1)}└─ {child.pid} {_command(child.cmdline)}")
+        if process.escaped:
+            lines.append(f"{indent}escaped={','.join(process.escaped)}")
+        if process.ancestry:
+            chain = " <- ".join(
+                f"{a.pid} {_command(a.cmdline, 60)}{'' if a.alive else ' (dead)'}"
+                for a in process.ancestry
+            )
+            lines.append(f"{indent}ancestry: {chain}")
+        if process.cwd is not None:
+            lines.append(f"{indent}cwd={process.cwd}")
+    if finding.record is not None:
+        lines.append(f"{indent}record={finding.record}")
+    elif finding.registry is not None:
+        lines.append(f"{indent}registry={finding.registry}")
+    if finding.detail:
+        lines.append(f"{indent}{finding.detail}")
+    return lines
+
+
+def grouped_lines(findings: Sequence[Finding]) -> list[tuple[str, bool]]:
+    """The ``leanhost`` section: findings grouped by test, each with its details; red or not.
+
+    A leaked process that descends from another leak of the same test is shown
+    under it, so a server and the workers it left read as one leak.
+    """
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault(finding.nodeid or "<session>", []).append(finding)
+    lines: list[tuple[str, bool]] = []
+    for nodeid, group in groups.items():
+        lines.append((f"{nodeid}: {len(group)} leak(s)", False))
+        pids = {f.pid for f in group if f.pid is not None}
+        parent_of: dict[Finding, int] = {}
+        for finding in group:
+            if finding.process is None:
+                continue
+            for ancestor in finding.process.ancestry:
+                if ancestor.pid in pids and ancestor.pid != finding.pid:
+                    parent_of[finding] = ancestor.pid
+                    break
+        under: dict[int, list[Finding]] = {}
+        for finding, pid in parent_of.items():
+            under.setdefault(pid, []).append(finding)
+        for finding in group:
+            if finding not in parent_of:
+                _emit_tree(finding, "", under, lines)
+    return lines
+
+
+def _emit_tree(
+    finding: Finding, indent: str, under: dict[int, list[Finding]], lines: list[tuple[str, bool]]
+) -> None:
+    red = not finding.allowed
+    lines.append((indent + finding_line(finding), red))
+    lines.extend((line, red) for line in finding_details(finding, " " * len(indent) + "  "))
+    for child in under.get(finding.pid if finding.pid is not None else -1, []):
+        _emit_tree(child, " " * len(indent) + "└─ ", under, lines)
+
+
+def _command(cmdline: Sequence[str], width: int = 120) -> str:
+    import shlex
+
+    # One line per process: a newline inside an argument (a ``-c`` script) is shown escaped.
+    text = shlex.join(cmdline).replace("\n", "\\n") if cmdline else "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.0f}min"
 
 
 def _dash(value: object) -> str:
@@ -81,6 +173,8 @@ def write_json_report(
     records_checked: int,
     check_seconds: float,
     findings: Iterable[Finding],
+    earlier_sessions: Iterable[EarlierLeftover] = (),
+    watched_registries: Iterable[str] = (),
 ) -> None:
     """Write the report document atomically (temporary file, then rename)."""
     document = {
@@ -91,6 +185,8 @@ def write_json_report(
         "records_checked": records_checked,
         "check_seconds": round(check_seconds, 6),
         "findings": [finding.to_json() for finding in findings],
+        "earlier_sessions": [leftover.to_json() for leftover in earlier_sessions],
+        "watched_registries": list(watched_registries),
     }
     write_atomically(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
@@ -123,6 +219,8 @@ def add_junit_leaks(config: pytest.Config, failing: Sequence[Finding]) -> bool:
     failure = ET.Element(
         "failure", message=f"leanhost: {len(failing)} leak(s) found at session end"
     )
-    failure.text = "\n".join(finding_line(finding) for finding in failing)
+    failure.text = "\n".join(
+        "\n".join([finding_line(finding), *finding_details(finding)]) for finding in failing
+    )
     case.append(failure)  # counts it among the suite's tests and failures
     return True

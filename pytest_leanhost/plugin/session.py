@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
+from pytest_leanhost.plugin.phases import PhaseClock
 from pytest_leanhost.plugin.settings import Settings
 from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
     from pytest_leanhost.core.check import Finding, SessionCheck
+    from pytest_leanhost.plugin.earlier import EarlierRuns
     from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
 
@@ -71,6 +73,10 @@ class LeanhostSession:
         self._previous_sigterm: Any = None
         self._private_root: Path | None = None
         self._checked = False
+        #: Every test phase, timed, so that a leaked process's start names its phase.
+        self.phases = PhaseClock()
+        #: The session ledger and earlier runs' leftovers (the controller only).
+        self.earlier: EarlierRuns | None = None
 
     # -- session start -----------------------------------------------------------
 
@@ -84,6 +90,13 @@ class LeanhostSession:
             self._install_sigterm_handler()
             if self.controller is not None:
                 self.controller.hand_out(session_id, root)
+            from pytest_leanhost.plugin.earlier import EarlierRuns
+
+            self.earlier = EarlierRuns(
+                self.settings.earlier_sessions,  # type: ignore[arg-type]
+                self.settings.shutdown_timeout,
+            )
+            self.earlier.start(session_id)
         self.state = SessionState(session_id, root, self.workerid)
         self.config.stash[STATE_KEY] = self.state
         if self.workerid is not None:
@@ -168,10 +181,13 @@ class LeanhostSession:
             return
         # pytest's JUnit file is written by now: it has no way to add to it afterwards.
         self._check(session, junit=False)
+        if self.earlier is not None:
+            self.earlier.end()
         verdict = self.verdict
         if verdict is None:
             return  # an xdist worker: the controller decides
-        if verdict.fails_run and session.exitstatus in (
+        earlier_fails = self.earlier is not None and self.earlier.fails_run
+        if (verdict.fails_run or earlier_fails) and session.exitstatus in (
             pytest.ExitCode.OK,
             pytest.ExitCode.NO_TESTS_COLLECTED,
         ):
@@ -187,6 +203,8 @@ class LeanhostSession:
                 records_checked=verdict.counts.records_checked,
                 check_seconds=verdict.counts.seconds,
                 findings=verdict.findings,
+                earlier_sessions=self.earlier.leftovers if self.earlier is not None else (),
+                watched_registries=_watched_registries(),
             )
         self._count_in_summary(verdict)
 
@@ -240,8 +258,9 @@ class LeanhostSession:
             if not (finding.kind == "leaked_process" and finding.pid in known_pids)
         ]
         doctor = _doctor_lines(checked) if self.settings.doctor else []
+        findings, targets = self._explain(findings, checked.targets)
         if not self.settings.keep_leaks:
-            findings = clean_up(findings, checked.targets, self.settings.shutdown_timeout)
+            findings = clean_up(findings, targets, self.settings.shutdown_timeout)
         return WorkerReport(
             findings=tuple(_mark_allowed(session, findings)),
             registries=tuple(sorted(registries)),
@@ -252,6 +271,16 @@ class LeanhostSession:
             ),
             doctor=tuple(doctor),
         )
+
+    def _explain(
+        self, findings: list[Finding], targets: dict[Finding, Any]
+    ) -> tuple[list[Finding], dict[Finding, Any]]:
+        """Each finding about a live process with what it is (before cleanup stops it)."""
+        if not any(finding.pid is not None for finding in findings):
+            return findings, targets
+        from pytest_leanhost.core.explain import explain_findings
+
+        return explain_findings(findings, targets, root_pid=os.getpid(), spans=self.phases.spans)
 
     # -- terminal summary --------------------------------------------------------
 
@@ -280,16 +309,17 @@ class LeanhostSession:
         verdict, state = self.verdict, self.state
         if verdict is None or state is None:
             return
-        from pytest_leanhost.plugin.report import finding_line, github_annotation
+        from pytest_leanhost.plugin.report import github_annotation, grouped_lines
 
         tr = terminalreporter
         failing = verdict.failing
+        self._earlier_section(tr)
         if verdict.findings or verdict.problems:
             tr.section("leanhost", sep="=", red=verdict.fails_run, bold=True)
             for problem in verdict.problems:
                 tr.line(problem, red=True)
-            for finding in verdict.findings:
-                tr.line(finding_line(finding), red=not finding.allowed)
+            for line, red in grouped_lines(verdict.findings):
+                tr.line(line, red=red)
             tr.line(
                 f"leanhost: {len(failing)} leak(s) failed the run, "
                 f"{len(verdict.findings) - len(failing)} allowed; session {state.session_id}"
@@ -306,6 +336,17 @@ class LeanhostSession:
             tr.section("leanhost doctor", sep="=")
             for line in [*verdict.doctor, *self._default_registry_lines()]:
                 tr.line(line)
+
+    def _earlier_section(self, tr: pytest.TerminalReporter) -> None:
+        """``leanhost: left by an earlier run``: each leftover and the command that stops it."""
+        earlier = self.earlier
+        if earlier is None or not (earlier.leftovers or earlier.problems):
+            return
+        tr.section("leanhost: left by an earlier run", sep="=", red=earlier.fails_run, bold=True)
+        for problem in earlier.problems:
+            tr.line(problem, yellow=True)
+        for line in earlier.lines():
+            tr.line(line, red=earlier.fails_run)
 
     def _default_registry_lines(self) -> list[str]:
         environ = dict(os.environ)
@@ -329,6 +370,8 @@ class LeanhostSession:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Put back the environment and the SIGTERM handler; remove a private root."""
+        if self.earlier is not None:
+            self.earlier.end()  # a run that never reached session finish
         for name, value in self._saved_env.items():
             _restore(name, value)
         self._saved_env.clear()
@@ -393,6 +436,13 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Find
         )
         marked.append(dataclasses.replace(finding, allowed=True) if allowed else finding)
     return marked
+
+
+def _watched_registries() -> list[str]:
+    """The default registries a server that lost the registry variable writes into."""
+    from pytest_leanhost.core.watch import default_registries
+
+    return [str(path) for path in default_registries()]
 
 
 def _doctor_lines(checked: SessionCheck) -> list[str]:

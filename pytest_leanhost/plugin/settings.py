@@ -15,6 +15,8 @@ import pytest
 
 #: The readiness modes (``pytest_leanhost.client.spawn.READY_MODES``, kept light here).
 READY_MODES = ("record", "initialize", "port", "auto")
+#: What to do about processes an earlier, killed run left (``plugin.earlier.EARLIER_MODES``).
+EARLIER_MODES = ("report", "fail", "terminate")
 #: The contract rules checked at teardown (``pytest_leanhost.client.contract.ALL_RULES``).
 CONTRACT_RULES = (1, 2, 3, 5, 6)
 
@@ -35,6 +37,7 @@ class Settings:
     grace: float = 1.0
     ready: str = "auto"
     contract_rules: tuple[int, ...] = CONTRACT_RULES
+    earlier_sessions: str = "report"
 
 
 #: The settings of a run without the plugin (fixtures imported into a conftest).
@@ -71,6 +74,12 @@ def add_options(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="report leaks but do not stop leaked processes or remove records (debugging)",
+    )
+    parser.addini(
+        "leanhost_earlier_sessions",
+        "processes an earlier run killed outright left: report (default), fail the run, "
+        "or terminate them (exact PIDs, session marker checked)",
+        default="report",
     )
     parser.addini(
         "leanhost_server_command",
@@ -133,7 +142,15 @@ def read_settings(config: pytest.Config) -> Settings:
         grace=_seconds(config, "leanhost_grace", allow_zero=True),
         ready=_ready(config),
         contract_rules=_rules(config),
+        earlier_sessions=_choice(config, "leanhost_earlier_sessions", EARLIER_MODES),
     )
+
+
+def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
+    raw = str(config.getini(name)).strip()
+    if raw not in choices:
+        raise pytest.UsageError(f"leanhost: {name} = {raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _ready(config: pytest.Config) -> str:
