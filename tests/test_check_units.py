@@ -25,6 +25,13 @@ from pytest_leanhost.core.check import (
     check_session,
     clean_up,
 )
+from pytest_leanhost.core.explain import (
+    AncestorDetail,
+    PhaseSpan,
+    ProcessDetail,
+    RelativeDetail,
+    phase_of,
+)
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, LEAK_KINDS, Action, LeakKind
 from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.outcome import CheckCounts, ReportShapeError, RunVerdict, WorkerReport
@@ -206,3 +213,40 @@ def test_the_verdict_sums_counts_once_and_sorts_findings() -> None:
     ]
     assert len(verdict.failing) == 4
     assert not RunVerdict.merge(own, []).fails_run
+
+
+def test_a_start_tick_shared_by_two_tests_goes_to_the_test_the_finding_names() -> None:
+    # Tick 10 covers [0.10, 0.11): test_a's call ends at 0.107, test_b's call starts at 0.108.
+    spans = [
+        PhaseSpan("t.py::test_a", "call", 0.05, 0.107),
+        PhaseSpan("t.py::test_a", "teardown", 0.107, 0.1075),
+        PhaseSpan("t.py::test_b", "setup", 0.1075, 0.108),
+        PhaseSpan("t.py::test_b", "call", 0.108, 0.3),
+    ]
+    assert phase_of(10, 100, spans) == ("call", "t.py::test_a")  # most of the tick
+    assert phase_of(10, 100, spans, prefer="t.py::test_b") == ("call", "t.py::test_b")
+    assert phase_of(20, 100, spans) == ("call", "t.py::test_b")
+    assert phase_of(40, 100, spans) == ("session", None)
+    assert phase_of(1, 100, spans) == ("session", None)
+
+
+def test_a_finding_with_its_process_detail_survives_the_worker_report_json() -> None:
+    detail = ProcessDetail(
+        cmdline=("sleep", "300"),
+        cwd="/tmp",
+        started_unix=1.5,
+        age_seconds=2.0,
+        phase="setup",
+        started_in="t.py::test_a",
+        ancestry=(AncestorDetail(7, ("pytest",), True),),
+        escaped=("new_session", "reparented"),
+        descendants=(RelativeDetail(9, 8, ("worker",)),),
+    )
+    finding = Finding(kind="leaked_process", nodeid="t.py::test_a", pid=8, process=detail)
+    again = WorkerReport.from_json(
+        json.loads(json.dumps(WorkerReport(findings=(finding,)).to_json()))
+    )
+    assert again.findings == (finding,)
+    broken = finding.to_json() | {"process": {**detail.to_json(), "phase": "lunch"}}
+    with pytest.raises(FindingShapeError, match="unknown phase 'lunch'"):
+        Finding.from_json(broken)

@@ -48,8 +48,11 @@ def test_every_value_is_read(pytester: pytest.Pytester, tmp_path: Path) -> None:
         "leanhost_shutdown_timeout=3",
         "-o",
         "leanhost_grace=0",
+        "-o",
+        "leanhost_earlier_sessions=terminate",
     )
     assert settings == Settings(
+        earlier_sessions="terminate",
         doctor=True,
         report_path=str(report),
         server_command=("lean-host-mcp", "serve", "--flag", "a b"),
@@ -155,3 +158,9 @@ def test_split_command_refuses_with_one_line(value: str, message: str) -> None:
     with pytest.raises(pytest.UsageError) as caught:
         split_command(value, "src")
     assert str(caught.value) == message
+
+
+def test_a_bad_earlier_sessions_mode_is_a_one_line_usage_error(pytester: pytest.Pytester) -> None:
+    assert usage_error(pytester, "-o", "leanhost_earlier_sessions=kill") == (
+        "leanhost: leanhost_earlier_sessions = 'kill' must be one of report, fail, terminate"
+    )

@@ -195,14 +195,19 @@ def _int(value: object) -> int:
 
 
 def phase_of(
-    start_tick: int, ticks_per_second: int, spans: Sequence[PhaseSpan]
+    start_tick: int,
+    ticks_per_second: int,
+    spans: Sequence[PhaseSpan],
+    prefer: str | None = None,
 ) -> tuple[Phase, str | None]:
     """The phase (and test) a process that started at ``start_tick`` started in.
 
-    A start tick covers ``[tick, tick + 1)`` / ``ticks_per_second`` seconds; the
-    phase that overlaps most of that interval wins (the earlier one on a tie).
-    ``spans`` must be sorted by start. No overlap: ``session`` (a session-scoped
-    fixture, collection, another hook), and no test.
+    A start tick covers ``[tick, tick + 1)`` / ``ticks_per_second`` seconds, so
+    several short phases may overlap it. A phase of ``prefer`` (the test the
+    finding already names, by its registry or marker) wins over other tests'
+    phases; among the rest, the one that overlaps most of the interval (the
+    later one on a tie). ``spans`` must be sorted by start. No overlap:
+    ``session`` (a session-scoped fixture, collection, another hook), no test.
     """
     low = start_tick / ticks_per_second
     high = (start_tick + 1) / ticks_per_second
@@ -211,10 +216,14 @@ def phase_of(
     best: PhaseSpan | None = None
     best_overlap = 0.0
     # Phases do not overlap each other, so only the few before ``index`` can reach the interval.
-    for span in reversed(spans[max(0, index - 4) : index]):
+    best_preferred = False
+    for span in reversed(spans[max(0, index - 8) : index]):
         overlap = min(high, span.end) - max(low, span.start)
-        if overlap > 0 and overlap >= best_overlap:
-            best, best_overlap = span, overlap
+        if overlap <= 0:
+            continue
+        preferred = prefer is not None and span.nodeid == prefer
+        if (preferred, overlap) > (best_preferred, best_overlap):
+            best, best_overlap, best_preferred = span, overlap, preferred
     if best is None:
         return "session", None
     return best.phase, best.nodeid
@@ -281,7 +290,7 @@ def _detail(
     tick = start_tick(pid)
     if facts is None or tick is None:
         return None
-    phase, started_in = phase_of(tick, clock_ticks_per_second(), spans)
+    phase, started_in = phase_of(tick, clock_ticks_per_second(), spans, prefer=finding.nodeid)
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None
     first_parent = seen.first_seen_parent if seen is not None else None
