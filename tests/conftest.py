@@ -1,8 +1,8 @@
 """The project's own tests: a sandboxed home and cache, and the fixtures they share.
 
-No test ever touches the user's real registry. ``HOME``, ``XDG_CACHE_HOME`` and
-``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` and ``LEANHOST_SESSIONS_DIR`` point into a temporary directory for the
-whole run, set when pytest loads this file (an initial conftest, through
+No test ever touches the user's real registry or session ledger. ``HOME``,
+``XDG_CACHE_HOME``, ``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` and ``LEANHOST_SESSIONS_DIR``
+point into a temporary directory for the whole run, set when pytest loads this file (an initial conftest, through
 ``testpaths`` or a path under ``tests/``), before any test, xdist worker or
 subprocess starts. So the default registry (``<user cache dir>/lean-host-mcp/processes``,
 ``~/.cache`` on Linux and ``~/Library/Caches`` on macOS) is a throwaway, also for a

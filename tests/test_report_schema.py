@@ -45,7 +45,7 @@ def test_the_schema_is_draft_2020_12_and_names_every_leak_kind() -> None:
     assert schema["$defs"]["finding"]["properties"]["kind"]["enum"] == list(LEAK_KINDS)
     assert schema["properties"]["schema_version"] == {
         "description": "The version of this document's layout.",
-        "const": 1,
+        "const": 2,
     }
 
 
@@ -123,7 +123,7 @@ def test_a_leaking_run_s_report_validates(
 
 
 REPORT: dict[str, Any] = {
-    "schema_version": 1,
+    "schema_version": 2,
     "session_id": "lh-0123",
     "interrupted": False,
     "registries_checked": 1,
@@ -141,8 +141,11 @@ REPORT: dict[str, Any] = {
             "allowed": False,
             "worker": "gw0",
             "detail": "",
+            "process": None,
         }
     ],
+    "earlier_sessions": [],
+    "watched_registries": ["/home/me/.cache/lean-host-mcp/processes"],
 }
 
 
@@ -168,7 +171,7 @@ def test_the_schema_requires_every_key_and_checks_the_words(
         broken = copy.deepcopy(REPORT)
         broken["findings"][0][key] = value
         assert len(errors(validator, broken)) == 1, (key, value)
-    assert errors(validator, {**REPORT, "schema_version": 2}) != []
+    assert errors(validator, {**REPORT, "schema_version": 1}) != []
     assert errors(validator, {**REPORT, "interrupted": "no"}) != []
 
 
