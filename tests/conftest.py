@@ -2,11 +2,12 @@
 
 No test ever touches the user's real registry or session ledger. ``HOME``,
 ``XDG_CACHE_HOME``, ``LEAN_HOST_MCP_PROCESS_REGISTRY_DIR`` and ``LEANHOST_SESSIONS_DIR``
-point into a temporary directory for the whole run, set when pytest loads this file (an initial conftest, through
-``testpaths`` or a path under ``tests/``), before any test, xdist worker or
-subprocess starts. So the default registry (``<user cache dir>/lean-host-mcp/processes``,
-``~/.cache`` on Linux and ``~/Library/Caches`` on macOS) is a throwaway, also for a
-server whose launcher keeps only ``HOME`` of its environment (the MCP SDKs do).
+point into a temporary directory for the whole run, set when pytest loads this file
+(an initial conftest, through ``testpaths`` or a path under ``tests/``), before any
+test, xdist worker or subprocess starts. So the default registry
+(``<user cache dir>/lean-host-mcp/processes``, ``~/.cache`` on Linux and
+``~/Library/Caches`` on macOS) is a throwaway, also for a server whose launcher
+keeps only ``HOME`` of its environment (the MCP SDKs do).
 
 This sandbox is for these tests only: the examples (``pytest -p leanhost
 examples/...``) run as a user's suite does, and their doctor section shows the
