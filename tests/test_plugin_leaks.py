@@ -124,8 +124,11 @@ def test_a_held_server_is_a_leaked_server_and_is_terminated(
     result.stdout.fnmatch_lines(
         [
             "*= leanhost =*",
-            "leaked_server test_suite.py::test_leaks_server pid=* transport=stdio record=*"
+            "test_suite.py::test_leaks_server: 1 leak(s)",
+            "leaked_server test_suite.py::test_leaks_server pid=* transport=stdio"
             " action=terminated",
+            "  * started in call)",
+            "  record=*",
         ]
     )
     assert "1 passed" in result.stdout.str()

@@ -135,14 +135,17 @@ def test_the_report_is_written_also_when_nothing_leaked(pytester: pytest.Pyteste
     assert result.ret == 0
     data = json.loads(report.read_text())
     assert data == {
-        "schema_version": 1,
+        "schema_version": 2,
         "session_id": data["session_id"],
         "interrupted": False,
         "registries_checked": 0,
         "records_checked": 0,
         "check_seconds": data["check_seconds"],
         "findings": [],
+        "earlier_sessions": [],
+        "watched_registries": data["watched_registries"],
     }
+    assert data["watched_registries"]
     assert 0 < data["check_seconds"] < 60
 
 
