@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -346,6 +347,5 @@ def start_clock() -> Callable[[], float]:
     holds): ``CLOCK_BOOTTIME`` on Linux, where start ticks count from boot; elsewhere
     the wall clock, as psutil's create times are."""
     if sys.platform.startswith("linux"):
-        boottime = time.CLOCK_BOOTTIME
-        return lambda: time.clock_gettime(boottime)
+        return functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
     return time.time

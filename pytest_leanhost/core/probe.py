@@ -135,6 +135,25 @@ def _read_linux_table() -> dict[int, ProcessInfo]:
     return table
 
 
+def create_time_of(pid: int) -> float:
+    """One process's create time, as psutil computes it (and the table holds it).
+
+    On Linux read from ``/proc`` without psutil (so a caller need not load it);
+    raises ``OSError`` (``ProcessLookupError``) when there is no such process.
+    """
+    if not FORCE_PSUTIL and sys.platform.startswith("linux") and os.path.isdir(_PROC):
+        with open(f"{_PROC}/{pid}/stat", "rb") as handle:
+            data = handle.read()
+        fields = data[data.rfind(b")") + 2 :].split()
+        return float(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(pid) from None
+
+
 def _linux_boot_time() -> float:
     with open(f"{_PROC}/stat", "rb") as handle:
         for line in handle:

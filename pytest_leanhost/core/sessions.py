@@ -25,15 +25,19 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import psutil
-
-from pytest_leanhost.core.describe import CREATE_TIME_TOLERANCE
 from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
-from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.processes import wait_gone
+from pytest_leanhost.core.probe import ProcessTable, create_time_of
 from pytest_leanhost.files import write_atomically
+
+# psutil loads only to describe or stop a leftover: writing the ledger and a scan that
+# finds no earlier session (every normal run's session start) do without it.
+if TYPE_CHECKING:
+    import psutil
+
+#: Two create times closer than this are the same process (as ``describe.CREATE_TIME_TOLERANCE``).
+CREATE_TIME_TOLERANCE = 0.001
 
 __all__ = [
     "LEDGER_SCHEMA_VERSION",
@@ -214,11 +218,11 @@ def write_ledger(
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     if created:
         target.chmod(0o700)  # mkdir's mode is masked by the umask
-    proc = psutil.Process(os.getpid() if pid is None else pid)
+    own = os.getpid() if pid is None else pid
     entry = LedgerEntry(
         session_id=session_id,
-        pytest_pid=proc.pid,
-        pytest_create_time=proc.create_time(),
+        pytest_pid=own,
+        pytest_create_time=create_time_of(own),
         started_unix=time.time(),
         cwd=os.getcwd() if cwd is None else cwd,
         argv=tuple(sys.argv if argv is None else argv),
@@ -303,6 +307,8 @@ def scan_earlier_sessions(
     """
     target = sessions_dir() if directory is None else directory
     entries, problems = read_ledger(target)
+    if not entries:
+        return EarlierSessions(sessions=(), leftovers=(), problems=tuple(problems), removed=())
     snapshot = ProcessTable.snapshot() if table is None else table
     dead = {
         entry.session_id: entry
@@ -367,6 +373,8 @@ def _marked_leftovers(
 
 
 def _cmdline(pid: int, create_time: float) -> tuple[str, ...]:
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) >= CREATE_TIME_TOLERANCE:
@@ -378,6 +386,8 @@ def _cmdline(pid: int, create_time: float) -> tuple[str, ...]:
 
 def _still_marked(leftover: Leftover) -> tuple[psutil.Process | None, str]:
     """The leftover's process if it is still the same process and still carries the marker."""
+    import psutil
+
     try:
         proc = psutil.Process(leftover.pid)
         if abs(proc.create_time() - leftover.create_time) >= CREATE_TIME_TOLERANCE:
@@ -403,6 +413,10 @@ def terminate_leftovers(leftovers: Iterable[Leftover], timeout: float) -> list[S
     signalled. psutil checks the create time again at each signal. Zombies
     count as gone; nothing here reaps a process.
     """
+    import psutil
+
+    from pytest_leanhost.core.processes import wait_gone
+
     results: dict[int, StopResult] = {}
     pinned: dict[int, tuple[Leftover, psutil.Process]] = {}
     for leftover in leftovers:

@@ -1,15 +1,16 @@
 """The test phases in the process start clock, so a leaked process's start names its phase.
 
-Three hook wrappers (setup, call, teardown) note when each phase began and
-ended in ``CLOCK_BOOTTIME`` seconds on Linux, the clock of a process's start
-tick; that is two clock reads per phase. A process whose start tick falls in
-no test phase started in a session-scoped fixture, collection or another hook
-(``session``).
+Four plain hooks note, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
+process's start tick), when each test's setup, call and teardown began and when
+its protocol finished: one clock read and one list append each, so a
+5,000-test run pays a few milliseconds. The spans are built only when a leak
+needs them. A process whose start tick falls in no test phase started in a
+session-scoped fixture, collection or another hook (``session``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from typing import Literal
 
 import pytest
 
@@ -23,33 +24,38 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self._now = start_clock()
-        self._spans: list[PhaseSpan] = []
+        #: (node id, phase or "end", when), in the order they happened.
+        self._marks: list[tuple[str, Phase | Literal["end"], float]] = []
 
     @property
     def spans(self) -> list[PhaseSpan]:
-        """Every phase timed so far, in the order they ran."""
-        return list(self._spans)
+        """Every phase timed so far: each runs from its start to the next mark of its test."""
+        spans: list[PhaseSpan] = []
+        marks = self._marks
+        for index, (nodeid, phase, start) in enumerate(marks):
+            if phase == "end" or index + 1 >= len(marks):
+                continue
+            following = marks[index + 1]
+            if following[0] == nodeid:
+                spans.append(PhaseSpan(nodeid, phase, start, following[2]))
+        return spans
 
-    def _timed(self, item: pytest.Item, phase: Phase) -> Generator[None, object, object]:
-        start = self._now()
-        try:
-            return (yield)
-        finally:
-            self._spans.append(PhaseSpan(item.nodeid, phase, start, self._now()))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Setup begins (fixtures being set up)."""
+        self._marks.append((item.nodeid, "setup", self._now()))
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
-        """Time the setup phase (fixtures being set up)."""
-        return (yield from self._timed(item, "setup"))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """Setup ended, the call (the test body) begins."""
+        self._marks.append((item.nodeid, "call", self._now()))
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        """Time the call phase (the test body)."""
-        return (yield from self._timed(item, "call"))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """The call ended (or was skipped), teardown begins."""
+        self._marks.append((item.nodeid, "teardown", self._now()))
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        """Time the teardown phase (fixtures being torn down)."""
-        return (yield from self._timed(item, "teardown"))
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        """The test's protocol finished: its teardown ended."""
+        self._marks.append((nodeid, "end", self._now()))
