@@ -87,6 +87,7 @@ __all__ = [
     "start_tick",
     "subreaper_supported",
     "tick_to_unix",
+    "unix_to_tick",
 ]
 
 #: ``prctl`` options (linux/prctl.h).
@@ -321,6 +322,10 @@ class Lineage:
         self._seen[(pid, tick)] = seen
         return seen
 
+    def add_spans(self, spans: Iterable[Span]) -> None:
+        """Take spans recorded elsewhere (a dead xdist worker's), for attribution by start tick."""
+        self._spans.extend(spans)
+
     def spans_holding(self, tick: int) -> tuple[str, ...]:
         """The node ids of every span that holds ``tick``, in span order, each once."""
         return tuple(dict.fromkeys(span.nodeid for span in self._spans if span.holds(tick)))
@@ -403,3 +408,8 @@ def tick_to_unix(tick: int) -> float:
             if line.startswith(b"btime"):
                 return tick / _TICKS + float(line.split()[1])
     return tick / _TICKS
+
+
+def unix_to_tick(seconds: float) -> int:
+    """Wall-clock seconds as a start tick (the inverse of :func:`tick_to_unix`)."""
+    return int((seconds - tick_to_unix(0)) * _TICKS)

@@ -36,8 +36,10 @@ JUNIT_CASE_NAME = "leanhost_session_leak_check"
 
 def finding_line(finding: Finding) -> str:
     """One line per leak: kind, test, PID, transport, record, and what was done."""
+    # An ambiguous start tick names every candidate test, never one at random.
+    tests = " | ".join(finding.nodeids) or finding.nodeid or "<session>"
     line = (
-        f"{finding.kind} {finding.nodeid or '<session>'} pid={_dash(finding.pid)}"
+        f"{finding.kind} {tests} pid={_dash(finding.pid)}"
         f" transport={_dash(finding.transport)} record={_dash(finding.record)}"
         f" action={finding.action}"
     )
