@@ -237,12 +237,19 @@ def check_session(
     (polled, not slept); only what is still there afterwards is a leak. With
     ``only_worker``, marked processes count only when a test of that pytest-xdist
     worker started them (a worker judges its own tests' leftovers).
+
+    ``lineage`` adds the live descendants of the run (found without a marker,
+    attributed by :meth:`~pytest_leanhost.core.lineage.Lineage.attribute`);
+    ``watched`` adds the records the run's processes wrote into registries
+    they reached without the variable.
     """
     started = time.perf_counter()
     excluded = {os.getpid(), *exclude_pids}
-    snapshot = _snapshot(registries, session_id, excluded, only_worker)
+    snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
     candidates = [_pid(item) for items in snapshot.judged.values() for item in items if item.alive]
+    candidates += [_pid(item) for item, _ in snapshot.watched if item.alive]
     candidates += list(snapshot.marked)
+    candidates += list(snapshot.descendants)
     if candidates and grace > 0:
         import psutil
 
@@ -299,13 +306,26 @@ def _snapshot(
         marked = find_marked_processes(session_id, table, exclude=excluded)
         if only_worker is not None:
             marked = {pid: m for pid, m in marked.items() if m.worker == only_worker}
-    descendants = _lineage_descendants(table, lineage, excluded) if lineage is not None else {}
+    descendants: dict[int, tuple[float, int]] = {}
+    if lineage is not None:
+        skipped = _subtrees(table, lineage.exclude_trees - {lineage.lineage.root})
+        # A live xdist worker's subtree is that worker's to judge, marked or not.
+        marked = {pid: m for pid, m in marked.items() if pid not in skipped}
+        descendants = _lineage_descendants(table, lineage, excluded | skipped)
     found = (
         _watched_records(table, watched, lineage, marked, descendants)
         if watched is not None
         else []
     )
     return _Snapshot(table, judged, marked, unreadable, descendants, found)
+
+
+def _subtrees(table: ProcessTable, roots: Iterable[int]) -> set[int]:
+    """The live ``roots`` and everything below them."""
+    found = {pid for pid in roots if pid in table}
+    for pid in list(found):
+        found.update(table.descendants(pid))
+    return found
 
 
 def _lineage_descendants(
@@ -318,14 +338,10 @@ def _lineage_descendants(
     """
     from pytest_leanhost.core.lineage import start_tick
 
-    root = view.lineage.root
-    skipped = {pid for pid in view.exclude_trees if pid in table}
-    for pid in list(skipped):
-        skipped.update(table.descendants(pid))
     found: dict[int, tuple[float, int]] = {}
-    for pid in table.descendants(root):
+    for pid in table.descendants(view.lineage.root):
         info = table.get(pid)
-        if info is None or info.zombie or pid in excluded or pid in skipped:
+        if info is None or info.zombie or pid in excluded:
             continue
         tick = start_tick(pid)
         if tick is None or (pid, tick) in view.before:

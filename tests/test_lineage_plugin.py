@@ -1,0 +1,263 @@
+"""Lineage in the plugin: processes that kept no marker are found, named after their test, stopped.
+
+Each inner test starts a process the way real launchers lose the environment
+(``Popen(env=...)``, ``env -i``, ``setsid`` with a double fork, ``os.fork()``
+without exec, a multiprocessing spawn child, a grandchild whose parent exited,
+the MCP Python SDK's stdio client). A scrubbed child cannot rely on the PID-log
+``sitecustomize`` (its ``PYTHONPATH`` is gone), so it writes its own PID and
+start tick to the log named in its argv; the outer test checks those in /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_leanhost.stopping import poll_until
+from tests.inner_runs import InnerPytest, InnerRun
+from tests.pidlog import survivors
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/proc"), reason="lineage needs Linux child subreapers"
+)
+
+# A child that writes itself down (PID and start tick, the PID log's format) and waits.
+HELPERS = r'''
+import os, subprocess, sys, time
+import pytest
+
+LOG = os.environ["LEANHOST_TESTS_PID_LOG"]
+WAIT = r"""
+import os, sys, time
+data = open("/proc/self/stat", "rb").read()
+start = data[data.rfind(b")") + 2:].split()[19].decode()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.write(fd, f"{os.getpid()} {start}\n".encode())
+os.close(fd)
+time.sleep(300)
+"""
+DOUBLE_FORK = r"""
+import os, sys
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[2]])
+"""
+PARENT_EXITS = r"""
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env={})
+"""
+HELD = []
+
+def count_lines():
+    return len(open(LOG).read().splitlines()) if os.path.exists(LOG) else 0
+
+def wait_written(before, more=1):
+    deadline = time.monotonic() + 30
+    while count_lines() < before + more:
+        assert time.monotonic() < deadline, "child never wrote itself down"
+        time.sleep(0.01)
+
+def leak(argv, **kwargs):
+    before = count_lines()
+    HELD.append(subprocess.Popen(argv, **kwargs))
+    wait_written(before)
+'''
+
+LEAKS = r"""
+def test_popen_env():
+    leak([sys.executable, "-c", WAIT, LOG], env={"PATH": os.environ["PATH"]})
+
+def test_env_i():
+    leak(["env", "-i", sys.executable, "-c", WAIT, LOG])
+
+def test_setsid_double_fork():
+    before = count_lines()
+    subprocess.run(["setsid", sys.executable, "-c", DOUBLE_FORK, WAIT, LOG], env={}, check=True)
+    wait_written(before)
+
+def test_fork_without_exec():
+    before = count_lines()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            data = open("/proc/self/stat", "rb").read()
+            start = data[data.rfind(b")") + 2:].split()[19].decode()
+            fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, f"{os.getpid()} {start}\n".encode())
+            os.close(fd)
+            time.sleep(300)
+        finally:
+            os._exit(0)
+    wait_written(before)
+
+def test_multiprocessing_spawn():
+    import multiprocessing
+    before = count_lines()
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(300,))
+    process.start()
+    HELD.append(process)
+    wait_written(before)  # the spawn child writes itself down through the PID-log site
+
+def test_grandchild_of_exited_parent():
+    before = count_lines()
+    subprocess.run([sys.executable, "-c", PARENT_EXITS, WAIT, LOG], check=True, env={})
+    wait_written(before)
+"""
+
+# multiprocessing's resource tracker starts with the first spawn child and lives as
+# long as pytest: started by the conftest, before the session, it is never blamed.
+TRACKER = """
+import multiprocessing.resource_tracker
+multiprocessing.resource_tracker.ensure_running()
+"""
+
+LEAK_NAMES = [
+    "test_popen_env",
+    "test_env_i",
+    "test_setsid_double_fork",
+    "test_fork_without_exec",
+    "test_multiprocessing_spawn",
+    "test_grandchild_of_exited_parent",
+]
+
+CLEAN = r"""
+@pytest.mark.parametrize("n", range(10))
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} gone"
+
+
+def test_clean_twins(n):
+    child = subprocess.Popen([sys.executable, "-c", WAIT, LOG], env={})
+    wait_written(0, 0)
+    child.kill()
+    child.wait()
+    subprocess.run(["env", "-i", sys.executable, "-c", "pass"], check=True)
+    subprocess.run(["setsid", sys.executable, "-c", "pass"], check=True, env={})
+"""
+
+
+def leaked(run: InnerRun) -> list[tuple[str, str, str]]:
+    return run.findings
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_every_unmarked_leak_is_found_once_with_its_test_and_stopped(
+    inner: InnerPytest, xdist: list[str]
+) -> None:
+    if xdist:
+        pytest.importorskip("xdist")
+    inner.pytester.makeconftest(TRACKER)
+    inner.pytester.makepyfile(test_matrix=HELPERS + LEAKS)
+    run = inner.run(*(["-p", "xdist", *xdist] if xdist else []))
+    assert run.result.ret == 1, run.result.stdout.str()
+    expected = sorted(
+        ("leaked_process", f"test_matrix.py::{name}", "terminated") for name in LEAK_NAMES
+    )
+    assert leaked(run) == expected, run.result.stdout.str()
+    assert all(not f["nodeids"] or len(f["nodeids"]) == 1 for f in run.report["findings"])
+    # The resource trackers of pytest and its workers exit when their pytest has exited.
+    left = inner.leftovers()
+    poll_until(lambda: not inner.leftovers(), timeout=10)
+    assert inner.leftovers() == [], [_cmdline(w.pid) for w in left]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} gone"
+
+
+def test_clean_twins_find_nothing_ten_times(inner: InnerPytest) -> None:
+    inner.pytester.makepyfile(test_clean=HELPERS + CLEAN)
+    run = inner.run()
+    assert run.result.ret == 0, run.result.stdout.str()
+    assert run.report["findings"] == []
+    run.result.assert_outcomes(passed=10)
+    inner.assert_nothing_left()
+
+
+def test_subreaper_false_keeps_marker_only_behaviour(inner: InnerPytest) -> None:
+    inner.pytester.makeconftest(TRACKER)
+    inner.pytester.makepyfile(test_matrix=HELPERS + LEAKS)
+    run = inner.run("-o", "leanhost_subreaper=false", "-k", "env_i or spawn")
+    # Only the marked spawn child is found; the scrubbed one is invisible without lineage.
+    assert leaked(run) == [
+        ("leaked_process", "test_matrix.py::test_multiprocessing_spawn", "terminated")
+    ]
+    inner.kill_leftovers()
+
+
+def test_a_process_alive_before_the_session_is_never_blamed_nor_signalled(
+    inner: InnerPytest, tmp_path: Path
+) -> None:
+    # A conftest starts a scrubbed child at import, before the session starts.
+    inner.pytester.makeconftest(
+        HELPERS
+        + "\nEARLY = subprocess.Popen([sys.executable, '-c', WAIT, LOG], env={})\nwait_written(0)\n"
+    )
+    inner.pytester.makepyfile(test_one="def test_nothing():\n    pass\n")
+    run = inner.run()
+    assert run.report["findings"] == [], run.result.stdout.str()
+    left = survivors(inner.pid_log)
+    assert len(left) == 1  # the early child: never signalled
+    inner.kill_leftovers()
+
+
+def test_subprocess_children_keep_their_exit_status_under_the_subreaper(
+    inner: InnerPytest,
+) -> None:
+    inner.pytester.makepyfile(
+        test_status=r"""
+import asyncio, subprocess, sys
+
+def test_popen_status():
+    assert subprocess.run([sys.executable, "-c", "raise SystemExit(7)"]).returncode == 7
+
+def test_asyncio_status():
+    async def main():
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(5)")
+        return await proc.wait()
+    assert asyncio.run(main()) == 5
+"""
+    )
+    run = inner.run()
+    run.result.assert_outcomes(passed=2)
+    assert run.report["findings"] == []
+
+
+def test_a_sigkilled_workers_orphan_is_found_by_the_controller_with_its_test(
+    inner: InnerPytest,
+) -> None:
+    pytest.importorskip("xdist")
+    inner.pytester.makepyfile(
+        test_dies=HELPERS
+        + r"""
+import signal
+
+def test_worker_dies():
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    data = open(f"/proc/{child.pid}/stat", "rb").read()
+    start = data[data.rfind(b")") + 2:].split()[19].decode()
+    with open(LOG, "a") as log:
+        log.write(f"{child.pid} {start}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_other():
+    pass
+"""
+    )
+    run = inner.run("-p", "xdist", "-n", "2")
+    sleeps = [f for f in run.report["findings"] if f["kind"] == "leaked_process"]
+    assert [(f["nodeid"], f["action"]) for f in sleeps] == [
+        ("test_dies.py::test_worker_dies", "terminated")
+    ], run.result.stdout.str()
+    assert survivors(inner.pid_log) == []
