@@ -10,7 +10,10 @@ start tick to the log named in its argv; the outer test checks those in /proc.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,125 @@ def test_other():
         ("test_dies.py::test_worker_dies", "terminated")
     ], run.result.stdout.str()
     assert survivors(inner.pid_log) == []
+
+
+SDK = r'''
+import glob, json, threading
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+HOME_REGISTRY = os.path.join(os.environ["HOME"], ".cache", "lean-host-mcp", "processes")
+
+def params(*faults, env=None):
+    args = ["-m", "pytest_leanhost.refserver"]
+    for fault in faults:
+        args += ["--fault", fault]
+    return StdioServerParameters(command=sys.executable, args=args, env=env)
+
+def write_down(pid):
+    data = open(f"/proc/{pid}/stat", "rb").read()
+    start = data[data.rfind(b")") + 2:].split()[19].decode()
+    with open(LOG, "a") as log:
+        log.write(f"{pid} {start}\n")
+
+def write_down_records(registry, known=()):
+    for path in glob.glob(os.path.join(registry, "*.json")):
+        pid = json.load(open(path))["pid"]
+        if pid not in known:
+            write_down(pid)
+
+def hold_open(server):
+    """Keep an SDK client session open for the rest of the run (its server leaks)."""
+    ready = threading.Event()
+    async def main():
+        async with stdio_client(server) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                ready.set()
+                await anyio.sleep_forever()
+    threading.Thread(target=anyio.run, args=(main,), daemon=True).start()
+    assert ready.wait(60)
+
+def test_sdk_orphan_worker():
+    async def main():
+        async with stdio_client(params("orphan-worker")) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                result = await session.call_tool("spawn_worker", {})
+                write_down(int(result.content[0].text))
+    anyio.run(main)
+
+def test_sdk_sigkills_its_server():
+    async def main():
+        async with stdio_client(params("ignore-stdin-eof", "ignore-sigterm")) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+    anyio.run(main)
+
+def test_sdk_held_without_env():
+    before = {json.load(open(p))["pid"] for p in glob.glob(HOME_REGISTRY + "/*.json")}
+    hold_open(params())
+    write_down_records(HOME_REGISTRY, before)
+
+def test_sdk_held_with_leanhost_env(leanhost_env):
+    assert "LEAN_HOST_MCP_PROCESS_REGISTRY_DIR" in leanhost_env
+    hold_open(params(env=leanhost_env))
+    write_down_records(leanhost_env["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
+'''
+
+SDK_EXPECTED = [
+    ("leaked_process", "test_sdk.py::test_sdk_orphan_worker", "terminated"),
+    ("leaked_server", "test_sdk.py::test_sdk_held_with_leanhost_env", "terminated"),
+    ("leaked_server", "test_sdk.py::test_sdk_held_without_env", "terminated"),
+    ("stale_record", "test_sdk.py::test_sdk_sigkills_its_server", "record_removed"),
+]
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_python_sdk_leaks_are_found_in_the_home_registry_and_the_tests_own(
+    inner: InnerPytest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, xdist: list[str]
+) -> None:
+    pytest.importorskip("mcp")
+    if xdist:
+        pytest.importorskip("xdist")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    home_registry = inner.pytester.path / ".cache" / "lean-host-mcp" / "processes"
+    home_registry.mkdir(parents=True, mode=0o700)
+    # What the HOME registry held before the run: a stale record and a live foreign server's.
+    stale = home_registry / "999999999.json"
+    stale.write_text(json.dumps(_record(999999999)))
+    # Started with a scrubbed environment, so it stays out of the PID log: it is not the run's.
+    foreign = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], env={})
+    try:
+        live = home_registry / f"{foreign.pid}.json"
+        live.write_text(json.dumps(_record(foreign.pid)))
+        inner.pytester.makepyfile(test_sdk=HELPERS + SDK)
+        run = inner.run(*(["-p", "xdist", *xdist] if xdist else []))
+        assert run.findings == SDK_EXPECTED, run.result.stdout.str()
+        missed = [f for f in run.report["findings"] if f["registry"] == str(home_registry)]
+        assert len(missed) == 2
+        assert all("leanhost_env" in f["detail"] for f in missed)
+        assert stale.exists()
+        assert live.exists()
+        assert foreign.poll() is None
+        assert sorted(p.name for p in home_registry.iterdir()) == sorted([stale.name, live.name])
+        poll_until(lambda: not inner.leftovers(), timeout=10)
+        assert inner.leftovers() == []
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def _record(pid: int) -> dict[str, object]:
+    import time
+
+    return {
+        "pid": pid,
+        "executable": sys.executable,
+        "cwd": "/",
+        "started_unix_millis": int(time.time() * 1000) - 60_000,
+        "parent_pid_at_start": 1,
+        "process_group_id": pid,
+        "transport": "stdio",
+    }
