@@ -206,3 +206,14 @@ def test_the_verdict_sums_counts_once_and_sorts_findings() -> None:
     ]
     assert len(verdict.failing) == 4
     assert not RunVerdict.merge(own, []).fails_run
+
+
+def test_a_finding_that_two_tests_may_own_names_both_and_survives_the_worker_hop() -> None:
+    from pytest_leanhost.plugin.report import finding_line
+
+    finding = Finding(kind="leaked_process", nodeid="t.py::a", nodeids=("t.py::a", "t.py::b"))
+    assert Finding.from_json(json.loads(json.dumps(finding.to_json()))) == finding
+    assert "t.py::a | t.py::b" in finding_line(finding)
+    single = Finding(kind="leaked_process", nodeid="t.py::a")
+    assert single.to_json()["nodeids"] == ["t.py::a"]
+    assert Finding.from_json(single.to_json()) == single

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 from pytest_leanhost.stopping import poll_until
 from tests.inner_runs import InnerPytest, InnerRun
 from tests.pidlog import survivors
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc"), reason="lineage needs Linux child subreapers"
@@ -386,3 +389,86 @@ def _record(pid: int) -> dict[str, object]:
         "process_group_id": pid,
         "transport": "stdio",
     }
+
+
+TS_SDK = ROOT / "tests/node/node_modules/@modelcontextprotocol/sdk/dist/esm/client"
+
+# The TypeScript SDK's stdio client: starts the reference server (scrubbing its
+# environment as getDefaultEnvironment() does), asks for a worker, closes.
+TS_CLIENT = """
+import { Client } from "%(sdk)s/index.js";
+import { StdioClientTransport } from "%(sdk)s/stdio.js";
+const [python] = process.argv.slice(2);
+const transport = new StdioClientTransport({
+  command: python, args: ["-m", "pytest_leanhost.refserver", "--fault", "orphan-worker"],
+});
+const client = new Client({ name: "leanhost-test", version: "1.0.0" });
+await client.connect(transport);
+const result = await client.callTool({ name: "spawn_worker", arguments: {} });
+console.log(result.content[0].text);
+await client.close();
+"""
+
+TS_SUITE = r"""
+def test_ts_sdk_orphan_worker():
+    out = subprocess.run(
+        [NODE, CLIENT, sys.executable], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    pid = int(out.split()[-1])
+    data = open(f"/proc/{pid}/stat", "rb").read()
+    start = data[data.rfind(b")") + 2:].split()[19].decode()
+    with open(LOG, "a") as log:
+        log.write(f"{pid} {start}\n")
+"""
+
+
+def test_typescript_sdk_clients_orphaned_worker_is_found_with_its_test(
+    inner: InnerPytest,
+) -> None:
+    node = shutil.which("node")
+    missing = None
+    if node is None:
+        missing = "node is not installed"
+    elif not (TS_SDK / "stdio.js").is_file():
+        missing = "@modelcontextprotocol/sdk is not installed (run: npm ci --prefix tests/node)"
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {missing}", pytrace=False)
+        pytest.skip(f"the TypeScript SDK test needs node and npm ci: {missing}")
+    client = inner.pytester.path / "client.mjs"
+    client.write_text(TS_CLIENT % {"sdk": TS_SDK.as_posix()})
+    inner.pytester.makepyfile(
+        test_ts=HELPERS + f"NODE = {node!r}\nCLIENT = {str(client)!r}\n" + TS_SUITE
+    )
+    run = inner.run()
+    assert run.findings == [
+        ("leaked_process", "test_ts.py::test_ts_sdk_orphan_worker", "terminated")
+    ], run.result.stdout.str()
+    poll_until(lambda: not inner.leftovers(), timeout=10)
+    assert inner.leftovers() == []
+
+
+def test_a_module_fixtures_unmarked_process_belongs_to_the_test_whose_setup_ran_it(
+    inner: InnerPytest,
+) -> None:
+    inner.pytester.makepyfile(
+        test_fixture=HELPERS
+        + r"""
+@pytest.fixture(scope="module")
+def module_child():
+    leak([sys.executable, "-c", WAIT, LOG], env={})
+
+def test_before():
+    pass
+
+def test_first(module_child):
+    pass
+
+def test_second(module_child):
+    pass
+"""
+    )
+    run = inner.run()
+    assert run.findings == [("leaked_process", "test_fixture.py::test_first", "terminated")]
+    poll_until(lambda: not inner.leftovers(), timeout=10)
+    assert inner.leftovers() == []
