@@ -39,9 +39,10 @@ WAIT = r"""
 import os, sys, time
 data = open("/proc/self/stat", "rb").read()
 start = data[data.rfind(b")") + 2:].split()[19].decode()
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-os.write(fd, f"{os.getpid()} {start}\n".encode())
-os.close(fd)
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"{os.getpid()} {start}\n".encode())
+    os.close(fd)
 time.sleep(300)
 """
 DOUBLE_FORK = r"""
@@ -51,27 +52,42 @@ if os.fork():
 os.setsid()
 if os.fork():
     os._exit(0)
-os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[2]])
+os.execv(sys.executable, [sys.executable, "-c", *sys.argv[1:]])
 """
 PARENT_EXITS = r"""
 import subprocess, sys
-subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env={})
+subprocess.Popen([sys.executable, "-c", *sys.argv[1:]], env={})
 """
 HELD = []
 
-def count_lines():
-    return len(open(LOG).read().splitlines()) if os.path.exists(LOG) else 0
-
-def wait_written(before, more=1):
+# Other workers write to LOG too: a test waits for its own child's line, never a count.
+def wait_until(condition):
     deadline = time.monotonic() + 30
-    while count_lines() < before + more:
+    while not condition():
         assert time.monotonic() < deadline, "child never wrote itself down"
         time.sleep(0.01)
 
+def logged(pid):
+    lines = open(LOG).read().splitlines() if os.path.exists(LOG) else []
+    return any(line.split()[0] == str(pid) for line in lines)
+
+def wait_pid(pid):
+    wait_until(lambda: logged(pid))
+
+def new_note():
+    """A private file a child whose PID the test cannot know writes itself into."""
+    import tempfile
+    handle, path = tempfile.mkstemp(prefix="note-", dir=os.getcwd())
+    os.close(handle)
+    return path
+
+def wait_note(path):
+    wait_until(lambda: os.path.getsize(path) > 0)
+
 def leak(argv, **kwargs):
-    before = count_lines()
-    HELD.append(subprocess.Popen(argv, **kwargs))
-    wait_written(before)
+    child = subprocess.Popen(argv, **kwargs)
+    HELD.append(child)
+    wait_pid(child.pid)
 '''
 
 LEAKS = r"""
@@ -82,12 +98,13 @@ def test_env_i():
     leak(["env", "-i", sys.executable, "-c", WAIT, LOG])
 
 def test_setsid_double_fork():
-    before = count_lines()
-    subprocess.run(["setsid", sys.executable, "-c", DOUBLE_FORK, WAIT, LOG], env={}, check=True)
-    wait_written(before)
+    note = new_note()
+    subprocess.run(
+        ["setsid", sys.executable, "-c", DOUBLE_FORK, WAIT, LOG, note], env={}, check=True
+    )
+    wait_note(note)
 
 def test_fork_without_exec():
-    before = count_lines()
     pid = os.fork()
     if pid == 0:
         try:
@@ -99,20 +116,19 @@ def test_fork_without_exec():
             time.sleep(300)
         finally:
             os._exit(0)
-    wait_written(before)
+    wait_pid(pid)
 
 def test_multiprocessing_spawn():
     import multiprocessing
-    before = count_lines()
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(300,))
     process.start()
     HELD.append(process)
-    wait_written(before)  # the spawn child writes itself down through the PID-log site
+    wait_pid(process.pid)  # the spawn child writes itself down through the PID-log site
 
 def test_grandchild_of_exited_parent():
-    before = count_lines()
-    subprocess.run([sys.executable, "-c", PARENT_EXITS, WAIT, LOG], check=True, env={})
-    wait_written(before)
+    note = new_note()
+    subprocess.run([sys.executable, "-c", PARENT_EXITS, WAIT, LOG, note], check=True, env={})
+    wait_note(note)
 """
 
 # multiprocessing's resource tracker starts with the first spawn child and lives as
@@ -134,9 +150,8 @@ LEAK_NAMES = [
 CLEAN = r"""
 @pytest.mark.parametrize("n", range(10))
 def test_clean_twins(n):
-    before = count_lines()
     child = subprocess.Popen([sys.executable, "-c", WAIT, LOG], env={})
-    wait_written(before)
+    wait_pid(child.pid)
     child.kill()
     child.wait()
     subprocess.run(["env", "-i", sys.executable, "-c", "pass"], check=True)
@@ -202,7 +217,8 @@ def test_a_process_alive_before_the_session_is_never_blamed_nor_signalled(
     # A conftest starts a scrubbed child at import, before the session starts.
     inner.pytester.makeconftest(
         HELPERS
-        + "\nEARLY = subprocess.Popen([sys.executable, '-c', WAIT, LOG], env={})\nwait_written(0)\n"
+        + "\nEARLY = subprocess.Popen([sys.executable, '-c', WAIT, LOG], env={})"
+        + "\nwait_pid(EARLY.pid)\n"
     )
     inner.pytester.makepyfile(test_one="def test_nothing():\n    pass\n")
     run = inner.run()
