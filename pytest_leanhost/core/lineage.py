@@ -269,9 +269,15 @@ class Lineage:
         """Every ``(pid, start tick)`` seen below the root: the run's processes, dead or alive."""
         return frozenset(self._seen)
 
-    def begin(self, nodeid: str) -> None:
-        """A test's setup starts: what appeared since the last boundary is not this test's."""
-        self.boundary()
+    def begin(self, nodeid: str, *, walk: bool = True) -> None:
+        """A test's setup starts: what appeared since the last boundary is not this test's.
+
+        ``walk=False`` opens the span at the last boundary's tick without reading
+        the tree again: right after the previous test's ``end``, when nothing
+        but pytest's own hooks ran in between (half the cost of a test).
+        """
+        if walk:
+            self.boundary()
         self._running = nodeid
         self._spans.append(Span(nodeid, self._last_tick))
 
@@ -281,7 +287,7 @@ class Lineage:
         for index in range(len(self._spans) - 1, -1, -1):
             span = self._spans[index]
             if span.nodeid == nodeid and span.end_tick is None:
-                self._spans[index] = dataclasses.replace(span, end_tick=self._last_tick)
+                self._spans[index] = Span(nodeid, span.begin_tick, self._last_tick)
                 break
         if self._running == nodeid:
             self._running = None

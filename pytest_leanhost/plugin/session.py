@@ -81,6 +81,8 @@ class LeanhostSession:
         self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
         self._spans_file: TextIO | None = None
+        #: Whether the last boundary was the end of the test right before this one.
+        self._just_ended = False
 
     # -- session start -----------------------------------------------------------
 
@@ -175,7 +177,8 @@ class LeanhostSession:
         # The span opens before anything of the test runs, fixtures included: a
         # process a module or session fixture starts belongs to the test whose setup ran it.
         if lineage is not None:
-            lineage.begin(nodeid)
+            # Right after the previous test's end walk, a second walk finds nothing new.
+            lineage.begin(nodeid, walk=not self._just_ended)
             if spans is not None:
                 spans.write(f"B {lineage.spans[-1].begin_tick} {nodeid}\n")
                 spans.flush()
@@ -194,6 +197,7 @@ class LeanhostSession:
                 _restore(REGISTRY_ENV, previous_registry)
             if lineage is not None:
                 lineage.end(nodeid)
+                self._just_ended = nextitem is not None
                 if spans is not None:
                     spans.write(f"E {lineage.spans[-1].end_tick} {nodeid}\n")
                     spans.flush()
