@@ -4,7 +4,9 @@ Run by hand (not a test): ``python benchmarks/bench_lineage.py [--runs N]``. Pri
 the median µs of one ``begin`` + ``end`` pair (a test that starts no process: two
 small reads of pytest's direct children), of the same with N live children of
 the process (a session fixture's servers: one more read per live descendant),
-and of ``boottime_ticks()`` alone. Always exits 0.
+of ``boottime_ticks()`` alone, and (``--descendants N``) the session-end check over
+N live unmarked descendants found by lineage (``check_session`` with a
+``LineageView``, no grace, nothing stopped). Always exits 0.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--children", type=int, default=3)
+    parser.add_argument("--descendants", type=int, default=200)
     args = parser.parse_args()
     clock = []
     for _ in range(args.runs):
@@ -55,7 +58,35 @@ def main() -> int:
             child.wait()
             if child.stdin is not None:
                 child.stdin.close()
+    if args.descendants:
+        bench_check(args.descendants)
     return 0
+
+
+def bench_check(count: int, runs: int = 7) -> None:
+    """The session-end check over ``count`` live, unmarked descendants of this process."""
+    from pytest_leanhost.core.check import LineageView, check_session
+
+    lineage = Lineage()
+    lineage.boundary()
+    before = lineage.identities()
+    lineage.begin("bench::test_spawns")
+    children = [subprocess.Popen(["sleep", "300"], env={}) for _ in range(count)]
+    try:
+        lineage.end("bench::test_spawns")
+        view = LineageView(lineage=lineage, before=before)
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            checked = check_session({}, None, grace=0, lineage=view)
+            samples.append(time.perf_counter() - started)
+        assert len(checked.findings) == count, len(checked.findings)
+        median = statistics.median(samples) * 1000
+        print(f"session-end check, {count} live descendants  median {median:8.1f} ms")
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 if __name__ == "__main__":

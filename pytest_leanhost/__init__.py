@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "ServerProcess": "pytest_leanhost.client.spawn",
     "StopResult": "pytest_leanhost.client.spawn",
     "leanhost_doctor": "pytest_leanhost.plugin.fixtures",
+    "leanhost_env": "pytest_leanhost.plugin.fixtures",
     "leanhost_registry": "pytest_leanhost.plugin.fixtures",
     "leanhost_server": "pytest_leanhost.plugin.fixtures",
     "leanhost_server_command": "pytest_leanhost.plugin.fixtures",

@@ -250,3 +250,14 @@ def test_a_finding_with_its_process_detail_survives_the_worker_report_json() -> 
     broken = finding.to_json() | {"process": {**detail.to_json(), "phase": "lunch"}}
     with pytest.raises(FindingShapeError, match="unknown phase 'lunch'"):
         Finding.from_json(broken)
+
+
+def test_a_finding_that_two_tests_may_own_names_both_and_survives_the_worker_hop() -> None:
+    from pytest_leanhost.plugin.report import finding_line
+
+    finding = Finding(kind="leaked_process", nodeid="t.py::a", nodeids=("t.py::a", "t.py::b"))
+    assert Finding.from_json(json.loads(json.dumps(finding.to_json()))) == finding
+    assert "t.py::a | t.py::b" in finding_line(finding)
+    single = Finding(kind="leaked_process", nodeid="t.py::a")
+    assert single.to_json()["nodeids"] == ["t.py::a"]
+    assert Finding.from_json(single.to_json()) == single

@@ -25,14 +25,20 @@ from pytest_leanhost.core.probe import ProcessTable
 # What loads only when there is something to judge, wait for or stop: a run
 # whose tests started no server never imports the doctor, the check or psutil.
 if TYPE_CHECKING:
+    from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.core.probe import JudgedRecord
     from pytest_leanhost.core.processes import PinnedProcess
+    from pytest_leanhost.core.registry import RegistryEntry
+    from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
 
 __all__ = [
     "CleanupTarget",
     "Finding",
     "FindingShapeError",
+    "LineageView",
+    "ProcessOrigin",
     "SessionCheck",
+    "WatchedView",
     "check_session",
     "clean_up",
 ]
@@ -73,6 +79,9 @@ class Finding:
     worker: str | None = None
     #: What the process is (schema version 2); ``None`` for a record-only finding.
     process: ProcessDetail | None = None
+    #: Every test the leak may belong to, ``nodeid`` first; more than one only when
+    #: the start tick could not tell them apart (never one picked at random).
+    nodeids: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The report's object for this finding."""
@@ -88,6 +97,7 @@ class Finding:
             "worker": self.worker,
             "detail": self.detail,
             "process": self.process.to_json() if self.process is not None else None,
+            "nodeids": list(self.nodeids or ((self.nodeid,) if self.nodeid else ())),
         }
 
     @classmethod
@@ -117,6 +127,11 @@ class Finding:
             detail_of = ProcessDetail.from_json(process) if process is not None else None
         except DetailShapeError as exc:
             raise FindingShapeError(str(exc)) from None
+        nodeids = data.get("nodeids", [])
+        if not isinstance(nodeids, list) or not all(isinstance(n, str) for n in nodeids):
+            raise FindingShapeError(f"nodeids is {nodeids!r}, not a list of strings")
+        if tuple(nodeids) == ((texts["nodeid"],) if texts["nodeid"] else ()):
+            nodeids = []  # the plain single-test form: kept as the default
         return cls(
             process=detail_of,
             kind=kind,
@@ -129,6 +144,7 @@ class Finding:
             record=texts["record"],
             registry=texts["registry"],
             worker=texts["worker"],
+            nodeids=tuple(nodeids),
         )
 
 
@@ -156,6 +172,61 @@ class SessionCheck:
     registries_checked: int
     records_checked: int
     seconds: float = 0.0
+    #: Where each process finding's process came from, by its PID (see :class:`ProcessOrigin`).
+    origins: Mapping[int, ProcessOrigin] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessOrigin:
+    """How the check came to a process finding's process: for reports and for reaping.
+
+    ``first_parent`` is the parent the lineage recorder first saw it under (None
+    when it never saw it at a boundary); ``lineage_only`` says no marker was
+    found (the launcher dropped the environment); ``start_tick`` is its start
+    in :func:`~pytest_leanhost.core.lineage.boottime_ticks`' clock.
+    """
+
+    pid: int
+    first_parent: int | None
+    lineage_only: bool
+    start_tick: int | None
+    create_time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LineageView:
+    """What the check needs of the run's lineage: the recorder and what to leave out.
+
+    ``exclude_trees`` are PIDs whose whole subtree is someone else's (live
+    xdist workers, below the controller); ``before`` the ``(pid, start tick)``
+    of every descendant alive when the session started: never blamed.
+    """
+
+    lineage: Lineage
+    exclude_trees: frozenset[int] = frozenset()
+    before: frozenset[tuple[int, int]] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchedView:
+    """The registries a server could reach without the variable, as they were at session start.
+
+    ``pytest_pids`` are the run's pytest processes (a record naming one as its
+    parent at start is the run's); ``started_unix_millis`` is the session start.
+    """
+
+    registries: WatchedRegistries
+    before: WatchSnapshot
+    pytest_pids: frozenset[int]
+    started_unix_millis: int
+
+
+#: Why a server's record is in a watched registry rather than its test's.
+MISSED_REGISTRY = (
+    "registered in {registry}, not its test's registry: its launcher dropped the "
+    "environment (LEAN_HOST_MCP_PROCESS_REGISTRY_DIR); pass the leanhost_env fixture "
+    "or pytest_leanhost.child_env() into the environment the launcher builds"
+)
 
 
 def check_session(
@@ -166,6 +237,8 @@ def check_session(
     grace: float = 1.0,
     worker: str | None = None,
     only_worker: str | None = None,
+    lineage: LineageView | None = None,
+    watched: WatchedView | None = None,
 ) -> SessionCheck:
     """Judge the session's registries and marked processes, and return the leaks.
 
@@ -174,12 +247,19 @@ def check_session(
     (polled, not slept); only what is still there afterwards is a leak. With
     ``only_worker``, marked processes count only when a test of that pytest-xdist
     worker started them (a worker judges its own tests' leftovers).
+
+    ``lineage`` adds the live descendants of the run (found without a marker,
+    attributed by :meth:`~pytest_leanhost.core.lineage.Lineage.attribute`);
+    ``watched`` adds the records the run's processes wrote into registries
+    they reached without the variable.
     """
     started = time.perf_counter()
     excluded = {os.getpid(), *exclude_pids}
-    snapshot = _snapshot(registries, session_id, excluded, only_worker)
+    snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
     candidates = [_pid(item) for items in snapshot.judged.values() for item in items if item.alive]
+    candidates += [_pid(item) for item, _ in snapshot.watched if item.alive]
     candidates += list(snapshot.marked)
+    candidates += list(snapshot.descendants)
     if candidates and grace > 0:
         import psutil
 
@@ -191,8 +271,10 @@ def check_session(
                 procs.append(psutil.Process(pid))
         if wait_gone(procs, grace) != procs:
             # Something exited in the grace: judge again what is left now.
-            snapshot = _snapshot(registries, session_id, excluded, only_worker)
+            snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
     classified = _classify(registries, snapshot, worker)
+    classified += _classify_watched(snapshot, lineage, worker)
+    classified += _classify_descendants(classified, snapshot, lineage, worker)
     return SessionCheck(
         findings=[finding for finding, _ in classified],
         targets=dict(classified),
@@ -201,6 +283,7 @@ def check_session(
         registries_checked=len(registries),
         records_checked=sum(len(items) for items in snapshot.judged.values()),
         seconds=time.perf_counter() - started,
+        origins=_origins(classified, snapshot, lineage),
     )
 
 
@@ -212,6 +295,10 @@ class _Snapshot:
     judged: dict[str, list[JudgedRecord]]
     marked: dict[int, MarkedProcess]
     unreadable: dict[str, str]
+    #: Live descendants of the run found by lineage: PID to (create time, start tick).
+    descendants: dict[int, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    #: Records of the run's processes in watched registries, judged, with the registry.
+    watched: list[tuple[JudgedRecord, str]] = dataclasses.field(default_factory=list)
 
 
 def _snapshot(
@@ -219,6 +306,8 @@ def _snapshot(
     session_id: str | None,
     excluded: set[int],
     only_worker: str | None,
+    lineage: LineageView | None = None,
+    watched: WatchedView | None = None,
 ) -> _Snapshot:
     table = ProcessTable.snapshot()
     judged, unreadable = _judge_registries(registries, table) if registries else ({}, {})
@@ -227,7 +316,82 @@ def _snapshot(
         marked = find_marked_processes(session_id, table, exclude=excluded)
         if only_worker is not None:
             marked = {pid: m for pid, m in marked.items() if m.worker == only_worker}
-    return _Snapshot(table, judged, marked, unreadable)
+    descendants: dict[int, tuple[float, int]] = {}
+    if lineage is not None:
+        skipped = _subtrees(table, lineage.exclude_trees - {lineage.lineage.root})
+        # A live xdist worker's subtree is that worker's to judge, marked or not.
+        marked = {pid: m for pid, m in marked.items() if pid not in skipped}
+        descendants = _lineage_descendants(table, lineage, excluded | skipped)
+    found = (
+        _watched_records(table, watched, lineage, marked, descendants)
+        if watched is not None
+        else []
+    )
+    return _Snapshot(table, judged, marked, unreadable, descendants, found)
+
+
+def _subtrees(table: ProcessTable, roots: Iterable[int]) -> set[int]:
+    """The live ``roots`` and everything below them."""
+    found = {pid for pid in roots if pid in table}
+    for pid in list(found):
+        found.update(table.descendants(pid))
+    return found
+
+
+def _lineage_descendants(
+    table: ProcessTable, view: LineageView, excluded: set[int]
+) -> dict[int, tuple[float, int]]:
+    """The run's live descendants: below the root, none alive before the session, no zombie.
+
+    A process below the root was started by the run (an orphan is adopted only
+    from the root's own subtree), so it is the run's by lineage.
+    """
+    from pytest_leanhost.core.lineage import start_tick
+
+    found: dict[int, tuple[float, int]] = {}
+    for pid in table.descendants(view.lineage.root):
+        info = table.get(pid)
+        if info is None or info.zombie or pid in excluded:
+            continue
+        tick = start_tick(pid)
+        if tick is None or (pid, tick) in view.before:
+            continue
+        found[pid] = (info.create_time, tick)
+    return found
+
+
+def _watched_records(
+    table: ProcessTable,
+    view: WatchedView,
+    lineage: LineageView | None,
+    marked: Mapping[int, MarkedProcess],
+    descendants: Mapping[int, tuple[float, int]],
+) -> list[tuple[JudgedRecord, str]]:
+    """The new or changed records in watched registries that the run's processes wrote."""
+    from pytest_leanhost.core.lineage import tick_to_unix
+    from pytest_leanhost.core.probe import judge_entries, registry_trust
+    from pytest_leanhost.core.watch import SessionFacts
+
+    starts = {(pid, proc.create_time) for pid, proc in marked.items()}
+    starts |= {(pid, created) for pid, (created, _tick) in descendants.items()}
+    if lineage is not None:
+        seen = lineage.lineage.identities() - lineage.before
+        starts |= {(pid, tick_to_unix(tick)) for pid, tick in seen}
+    facts = SessionFacts(
+        process_starts=frozenset(starts),
+        pytest_pids=view.pytest_pids,
+        started_unix_millis=view.started_unix_millis,
+        ended_unix_millis=int(time.time() * 1000),
+    )
+    entries = view.registries.session_records(view.before, facts)
+    by_registry: dict[str, list[RegistryEntry]] = {}
+    for entry in entries:
+        by_registry.setdefault(os.path.dirname(entry.path), []).append(entry)
+    found: list[tuple[JudgedRecord, str]] = []
+    for registry, items in sorted(by_registry.items()):
+        trust = registry_trust(registry)
+        found.extend((item, registry) for item in judge_entries(items, table, trust))
+    return found
 
 
 def _judge_registries(
@@ -300,6 +464,143 @@ def _classify(
         )
         found.append((finding, CleanupTarget(create_time=proc.create_time)))
     return found
+
+
+def _classify_watched(
+    snapshot: _Snapshot, view: LineageView | None, worker: str | None
+) -> list[tuple[Finding, CleanupTarget]]:
+    """Each of the run's records in a watched registry, with the test its PID belongs to.
+
+    Acted on like a test's own record: a stale one removed only if unchanged; a
+    live server stopped only when proven the run's (marker or lineage), create
+    time pinned; a foreign registry's never.
+    """
+    found: list[tuple[Finding, CleanupTarget]] = []
+    for item, registry in snapshot.watched:
+        record = item.entry.record
+        assert record is not None  # only valid records are the session's
+        foreign = _foreign(item)
+        owners = _record_owners(item, snapshot, view)
+        create_time: float | None = None
+        if item.alive and foreign is None:
+            proc = snapshot.marked.get(record.pid)
+            lineage_found = snapshot.descendants.get(record.pid)
+            if proc is not None:
+                create_time = proc.create_time
+            elif lineage_found is not None:
+                create_time = lineage_found[0]
+        finding = Finding(
+            kind=_VERDICT_KIND[item.verdict],
+            nodeid=owners[0] if owners else None,
+            nodeids=owners if len(owners) > 1 else (),
+            pid=record.pid,
+            transport=record.transport,
+            record=item.path,
+            registry=registry,
+            detail="; ".join(
+                filter(None, [foreign, MISSED_REGISTRY.format(registry=registry), _detail(item)])
+            ),
+            worker=worker,
+        )
+        target = CleanupTarget(
+            create_time=create_time, data=item.entry.data if foreign is None else None
+        )
+        found.append((finding, target))
+    return found
+
+
+def _record_owners(
+    item: JudgedRecord, snapshot: _Snapshot, view: LineageView | None
+) -> tuple[str, ...]:
+    """The test(s) a watched record's PID belongs to: marker, then lineage, then start tick."""
+    record = item.entry.record
+    assert record is not None
+    proc = snapshot.marked.get(record.pid) if item.alive else None
+    if proc is not None and proc.nodeid:
+        return (proc.nodeid,)
+    if view is None:
+        return ()
+    lineage = view.lineage
+    if item.alive:
+        owners = lineage.attribute(record.pid, snapshot.table)
+        if owners:
+            return owners
+    from pytest_leanhost.core.lineage import unix_to_tick
+
+    written = unix_to_tick(record.started_unix_millis / 1000.0)
+    # The dead PID as the recorder saw it: the latest one that had started by the write.
+    candidates = [s for s in lineage.seen() if s.pid == record.pid and s.start_tick <= written]
+    if candidates:
+        return max(candidates, key=lambda s: s.start_tick).owners
+    parent = record.parent_pid_at_start
+    if parent is not None and parent != lineage.root:
+        parents = [s for s in lineage.seen() if s.pid == parent and s.start_tick <= written]
+        if parents:
+            return max(parents, key=lambda s: s.start_tick).owners
+    return lineage.spans_holding(written)
+
+
+def _classify_descendants(
+    found: Sequence[tuple[Finding, CleanupTarget]],
+    snapshot: _Snapshot,
+    view: LineageView | None,
+    worker: str | None,
+) -> list[tuple[Finding, CleanupTarget]]:
+    """Each live descendant that no marker or record accounted for: a ``leaked_process``.
+
+    Ownership is proven by lineage, so cleanup may stop it (create time pinned);
+    a live server's own workers are part of that server's leak.
+    """
+    if view is None or not snapshot.descendants:
+        return []
+    reported = {finding.pid for finding, _ in found if finding.pid is not None}
+    servers = {
+        finding.pid
+        for finding, target in found
+        if finding.pid is not None and finding.kind in ("leaked_server", "orphaned_server")
+    }
+    extra: list[tuple[Finding, CleanupTarget]] = []
+    for pid, (create_time, _tick) in sorted(snapshot.descendants.items()):
+        if pid in reported or pid in snapshot.marked:
+            continue
+        if pid in servers or _has_ancestor_in(snapshot.table, pid, servers):
+            continue
+        owners = view.lineage.attribute(pid, snapshot.table)
+        finding = Finding(
+            kind="leaked_process",
+            nodeid=owners[0] if owners else None,
+            nodeids=owners if len(owners) > 1 else (),
+            pid=pid,
+            worker=worker,
+        )
+        extra.append((finding, CleanupTarget(create_time=create_time)))
+    return extra
+
+
+def _origins(
+    classified: Sequence[tuple[Finding, CleanupTarget]],
+    snapshot: _Snapshot,
+    view: LineageView | None,
+) -> dict[int, ProcessOrigin]:
+    """Where each process finding's live process came from, by PID."""
+    from pytest_leanhost.core.lineage import start_tick
+
+    origins: dict[int, ProcessOrigin] = {}
+    for finding, _target in classified:
+        pid = finding.pid
+        info = snapshot.table.get(pid) if pid is not None else None
+        if pid is None or info is None or info.zombie or pid in origins:
+            continue
+        tick = start_tick(pid)
+        seen = view.lineage.lookup(pid, tick) if view is not None and tick is not None else None
+        origins[pid] = ProcessOrigin(
+            pid=pid,
+            first_parent=seen.first_parent if seen is not None else None,
+            lineage_only=pid not in snapshot.marked and pid in snapshot.descendants,
+            start_tick=tick,
+            create_time=info.create_time,
+        )
+    return origins
 
 
 def _pid(item: JudgedRecord) -> int:

@@ -24,14 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from pytest_leanhost.core.check import CleanupTarget, Finding
+    from pytest_leanhost.core.check import CleanupTarget, Finding, ProcessOrigin
     from pytest_leanhost.core.probe import ProcessTable
 
 __all__ = [
     "PHASES",
     "AncestorDetail",
     "DetailShapeError",
-    "Origin",
     "Phase",
     "PhaseSpan",
     "ProcessDetail",
@@ -91,14 +90,6 @@ class RelativeDetail:
     def to_json(self) -> dict[str, object]:
         """The report's object for this descendant."""
         return {"pid": self.pid, "ppid": self.ppid, "cmdline": list(self.cmdline)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Origin:
-    """What lineage saw of a process, when the caller has it: first parent, lineage-only."""
-
-    first_seen_parent: int | None = None
-    lineage_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -236,7 +227,7 @@ def explain_findings(
     *,
     root_pid: int,
     spans: Sequence[PhaseSpan],
-    origin: Callable[[int], Origin | None] | None = None,
+    origin: Callable[[int], ProcessOrigin | None] | None = None,
     table: ProcessTable | None = None,
 ) -> tuple[list[Finding], dict[Finding, CleanupTarget]]:
     """Each finding about a live process with its :class:`ProcessDetail`; targets re-keyed.
@@ -273,7 +264,7 @@ def _detail(
     table: ProcessTable,
     root_pid: int,
     spans: Sequence[PhaseSpan],
-    origin: Callable[[int], Origin | None] | None,
+    origin: Callable[[int], ProcessOrigin | None] | None,
 ) -> ProcessDetail | None:
     from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
     from pytest_leanhost.core.lineage import clock_ticks_per_second, start_tick
@@ -294,7 +285,7 @@ def _detail(
     phase, started_in = phase_of(tick, clock_ticks_per_second(), spans, prefer=finding.nodeid)
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None
-    first_parent = seen.first_seen_parent if seen is not None else None
+    first_parent = seen.first_parent if seen is not None else None
     words = set(
         escape_words(
             pid,

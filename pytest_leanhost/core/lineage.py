@@ -87,6 +87,7 @@ __all__ = [
     "start_tick",
     "subreaper_supported",
     "tick_to_unix",
+    "unix_to_tick",
 ]
 
 #: ``prctl`` options (linux/prctl.h).
@@ -268,9 +269,15 @@ class Lineage:
         """Every ``(pid, start tick)`` seen below the root: the run's processes, dead or alive."""
         return frozenset(self._seen)
 
-    def begin(self, nodeid: str) -> None:
-        """A test's setup starts: what appeared since the last boundary is not this test's."""
-        self.boundary()
+    def begin(self, nodeid: str, *, walk: bool = True) -> None:
+        """A test's setup starts: what appeared since the last boundary is not this test's.
+
+        ``walk=False`` opens the span at the last boundary's tick without reading
+        the tree again: right after the previous test's ``end``, when nothing
+        but pytest's own hooks ran in between (half the cost of a test).
+        """
+        if walk:
+            self.boundary()
         self._running = nodeid
         self._spans.append(Span(nodeid, self._last_tick))
 
@@ -280,7 +287,7 @@ class Lineage:
         for index in range(len(self._spans) - 1, -1, -1):
             span = self._spans[index]
             if span.nodeid == nodeid and span.end_tick is None:
-                self._spans[index] = dataclasses.replace(span, end_tick=self._last_tick)
+                self._spans[index] = Span(nodeid, span.begin_tick, self._last_tick)
                 break
         if self._running == nodeid:
             self._running = None
@@ -320,6 +327,10 @@ class Lineage:
         )
         self._seen[(pid, tick)] = seen
         return seen
+
+    def add_spans(self, spans: Iterable[Span]) -> None:
+        """Take spans recorded elsewhere (a dead xdist worker's), for attribution by start tick."""
+        self._spans.extend(spans)
 
     def spans_holding(self, tick: int) -> tuple[str, ...]:
         """The node ids of every span that holds ``tick``, in span order, each once."""
@@ -403,3 +414,8 @@ def tick_to_unix(tick: int) -> float:
             if line.startswith(b"btime"):
                 return tick / _TICKS + float(line.split()[1])
     return tick / _TICKS
+
+
+def unix_to_tick(seconds: float) -> int:
+    """Wall-clock seconds as a start tick (the inverse of :func:`tick_to_unix`)."""
+    return int((seconds - tick_to_unix(0)) * _TICKS)

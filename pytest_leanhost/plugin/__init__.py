@@ -14,6 +14,7 @@ import pytest
 from pytest_leanhost.core.kinds import LEAK_KINDS
 from pytest_leanhost.plugin.fixtures import (
     leanhost_doctor,
+    leanhost_env,
     leanhost_registry,
     leanhost_server,
     leanhost_server_command,
@@ -23,6 +24,7 @@ from pytest_leanhost.plugin.settings import SETTINGS_KEY, add_options, read_sett
 
 __all__ = [
     "leanhost_doctor",
+    "leanhost_env",
     "leanhost_registry",
     "leanhost_server",
     "leanhost_server_command",

@@ -32,6 +32,7 @@ __all__ = [
     "RegistryDoctor",
     "ServerFactory",
     "leanhost_doctor",
+    "leanhost_env",
     "leanhost_registry",
     "leanhost_server",
     "leanhost_server_command",
@@ -67,6 +68,24 @@ def leanhost_registry(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         path.chmod(0o700)
     monkeypatch.setenv(REGISTRY_ENV, str(path))
     return path
+
+
+@pytest.fixture
+def leanhost_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The variables to hand to a launcher that builds its own environment (``dict[str, str]``).
+
+    This test's registry variable and the ownership markers, as
+    :func:`pytest_leanhost.child_env` gives them during the test. Pass it as the
+    MCP SDKs' stdio ``env`` (``StdioServerParameters(command=..., env=leanhost_env)``),
+    so the server registers in the test's own registry and carries its markers.
+    """
+    from pytest_leanhost.core.markers import child_env
+
+    env = child_env()
+    state = request.config.stash.get(STATE_KEY, None)
+    if state is not None and _settings(request.config).isolate:
+        env[REGISTRY_ENV] = state.registry_path(request.node.nodeid)
+    return env
 
 
 @pytest.fixture

@@ -41,10 +41,12 @@ def finding_line(finding: Finding) -> str:
     """A leak's first line, greppable: kind, test, PID, transport, what was done, flags.
 
     Long paths (the record) and the detail follow on indented lines
-    (:func:`finding_details`), so the first line stays short.
+    (:func:`finding_details`), so the first line stays short. An ambiguous start
+    tick names every candidate test, never one at random.
     """
+    tests = " | ".join(finding.nodeids) or finding.nodeid or "<session>"
     line = (
-        f"{finding.kind} {finding.nodeid or '<session>'} pid={_dash(finding.pid)}"
+        f"{finding.kind} {tests} pid={_dash(finding.pid)}"
         f" transport={_dash(finding.transport)} action={finding.action}"
     )
     if finding.worker:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import types
 from collections.abc import Generator
 from pathlib import Path
@@ -30,7 +31,11 @@ from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
-    from pytest_leanhost.core.check import Finding, SessionCheck
+    from typing import TextIO
+
+    from pytest_leanhost.core.check import Finding, LineageView, SessionCheck, WatchedView
+    from pytest_leanhost.core.lineage import Lineage, Span
+    from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
     from pytest_leanhost.plugin.earlier import EarlierRuns
     from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
@@ -77,6 +82,13 @@ class LeanhostSession:
         self.phases = PhaseClock()
         #: The session ledger and earlier runs' leftovers (the controller only).
         self.earlier: EarlierRuns | None = None
+        #: The lineage recorder, when this process became a child subreaper.
+        self.lineage: Lineage | None = None
+        self._lineage_before: frozenset[tuple[int, int]] = frozenset()
+        self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
+        self._spans_file: TextIO | None = None
+        #: Whether the last boundary was the end of the test right before this one.
+        self._just_ended = False
 
     # -- session start -----------------------------------------------------------
 
@@ -107,6 +119,40 @@ class LeanhostSession:
             # tests start must not carry the outer run's worker name.
             self._setenv(WORKER_ENV, None)
         self._setenv(SESSION_ENV, session_id)
+        self._start_lineage(root)
+        self._start_watch()
+
+    def _start_lineage(self, root: Path) -> None:
+        """Become a child subreaper (ini ``leanhost_subreaper``) and note what is already below.
+
+        Where the OS has no subreapers, or with ``false``, nothing is recorded:
+        the check finds the run's processes by their markers only.
+        """
+        if not self.settings.subreaper:
+            return
+        from pytest_leanhost.core.lineage import Lineage, become_subreaper
+
+        if not become_subreaper():
+            return
+        self.lineage = Lineage()
+        self.lineage.boundary()
+        self._lineage_before = self.lineage.identities()
+        if self.workerid is not None:
+            # A worker's spans also go to the session root, line by line, so the
+            # controller can still name the tests of a worker that died.
+            self._spans_file = open(  # noqa: SIM115 - closed at unconfigure
+                root / f"spans-{self.workerid}.txt", "a", encoding="utf-8"
+            )
+
+    def _start_watch(self) -> None:
+        """Snapshot the registries a server could reach without the variable."""
+        from pytest_leanhost.core.watch import WatchedRegistries, default_registries
+
+        environ = dict(os.environ)
+        if self._user_registry_env is not None:
+            environ.pop(REGISTRY_ENV, None)
+        watched = WatchedRegistries(default_registries(self.settings.watch_registries, environ))
+        self._watched = (watched, watched.snapshot(), int(time.time() * 1000))
 
     def _session_root(self) -> Path:
         """The private directory of the session's registries (mode 0700).
@@ -139,19 +185,35 @@ class LeanhostSession:
         directory itself is left for the first server to create.
         """
         assert self.state is not None
+        nodeid = item.nodeid
+        lineage, spans = self.lineage, self._spans_file
+        # The span opens before anything of the test runs, fixtures included: a
+        # process a module or session fixture starts belongs to the test whose setup ran it.
+        if lineage is not None:
+            # Right after the previous test's end walk, a second walk finds nothing new.
+            lineage.begin(nodeid, walk=not self._just_ended)
+            if spans is not None:
+                spans.write(f"B {lineage.spans[-1].begin_tick} {nodeid}\n")
+                spans.flush()
         environ = os.environ
         previous_nodeid = environ.get(NODEID_ENV)
-        environ[NODEID_ENV] = item.nodeid
+        environ[NODEID_ENV] = nodeid
         isolate = self.settings.isolate
         if isolate:
             previous_registry = environ.get(REGISTRY_ENV)
-            environ[REGISTRY_ENV] = self.state.registry_path(item.nodeid)
+            environ[REGISTRY_ENV] = self.state.registry_path(nodeid)
         try:
             return (yield)
         finally:
             _restore(NODEID_ENV, previous_nodeid)
             if isolate:
                 _restore(REGISTRY_ENV, previous_registry)
+            if lineage is not None:
+                lineage.end(nodeid)
+                self._just_ended = nextitem is not None
+                if spans is not None:
+                    spans.write(f"E {lineage.spans[-1].end_tick} {nodeid}\n")
+                    spans.flush()
 
     # -- the check ---------------------------------------------------------------
 
@@ -243,24 +305,30 @@ class LeanhostSession:
                 for path, nodeid in state.all_registries().items()
                 if path not in reported
             }
+        worker_pids = state.worker_pids()
         checked = check_session(
             registries,
             state.session_id,
-            exclude_pids=state.worker_pids(),
+            exclude_pids=worker_pids,
             grace=self.settings.grace,
             worker=self.workerid,
             only_worker=self.workerid,
+            lineage=self._lineage_view(worker_pids),
+            watched=self._watched_view(worker_pids),
         )
         known_pids = self.controller.known_pids() if self.controller else set()
+        known_records = self.controller.known_records() if self.controller else set()
         findings = [
             finding
             for finding in checked.findings
             if not (finding.kind == "leaked_process" and finding.pid in known_pids)
+            and not (finding.record is not None and finding.record in known_records)
         ]
         doctor = _doctor_lines(checked) if self.settings.doctor else []
-        findings, targets = self._explain(findings, checked.targets)
+        findings, targets = self._explain(findings, checked)
         if not self.settings.keep_leaks:
             findings = clean_up(findings, targets, self.settings.shutdown_timeout)
+            self._reap(findings, checked)
         return WorkerReport(
             findings=tuple(_mark_allowed(session, findings)),
             registries=tuple(sorted(registries)),
@@ -273,14 +341,58 @@ class LeanhostSession:
         )
 
     def _explain(
-        self, findings: list[Finding], targets: dict[Finding, Any]
+        self, findings: list[Finding], checked: SessionCheck
     ) -> tuple[list[Finding], dict[Finding, Any]]:
         """Each finding about a live process with what it is (before cleanup stops it)."""
         if not any(finding.pid is not None for finding in findings):
-            return findings, targets
+            return findings, dict(checked.targets)
         from pytest_leanhost.core.explain import explain_findings
 
-        return explain_findings(findings, targets, root_pid=os.getpid(), spans=self.phases.spans)
+        return explain_findings(
+            findings,
+            checked.targets,
+            root_pid=os.getpid(),
+            spans=self.phases.spans,
+            origin=checked.origins.get,
+        )
+
+    def _lineage_view(self, worker_pids: set[int]) -> LineageView | None:
+        """The lineage the check looks through; on the controller, with dead workers' spans."""
+        lineage = self.lineage
+        if lineage is None:
+            return None
+        from pytest_leanhost.core.check import LineageView
+
+        if self.controller is not None and self.state is not None:
+            lineage.add_spans(_worker_spans(self.state.root, self.controller.reported_workers))
+            lineage.boundary()  # orphans of dead workers: seen as adopted, never reaped
+        return LineageView(
+            lineage=lineage, exclude_trees=frozenset(worker_pids), before=self._lineage_before
+        )
+
+    def _watched_view(self, worker_pids: set[int]) -> WatchedView | None:
+        """The watched registries as snapshotted; a record naming a pytest of the run is ours."""
+        if self._watched is None:
+            return None
+        from pytest_leanhost.core.check import WatchedView
+
+        registries, before, started = self._watched
+        pytest_pids = {os.getpid()}
+        if self.controller is not None:
+            pytest_pids |= worker_pids  # a dead worker's records are the controller's to judge
+        return WatchedView(registries, before, frozenset(pytest_pids), started)
+
+    def _reap(self, findings: list[Finding], checked: SessionCheck) -> None:
+        """Reap the adopted processes cleanup itself terminated (never anyone else's child)."""
+        if self.lineage is None:
+            return
+        terminated = []
+        for finding in findings:
+            origin = checked.origins.get(finding.pid) if finding.pid is not None else None
+            if finding.action in ("terminated", "killed") and origin and origin.start_tick:
+                terminated.append((origin.pid, origin.start_tick))
+        if terminated:
+            self.lineage.reap_terminated(terminated)
 
     # -- terminal summary --------------------------------------------------------
 
@@ -372,6 +484,9 @@ class LeanhostSession:
         """Put back the environment and the SIGTERM handler; remove a private root."""
         if self.earlier is not None:
             self.earlier.end()  # a run that never reached session finish
+        if self._spans_file is not None:
+            self._spans_file.close()
+            self._spans_file = None
         for name, value in self._saved_env.items():
             _restore(name, value)
         self._saved_env.clear()
@@ -418,6 +533,33 @@ def _restore(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+def _worker_spans(root: Path, reported: set[str]) -> list[Span]:
+    """The spans that workers which sent no report wrote to the session root.
+
+    A worker that finished normally handled its own processes; a dead one's
+    orphans are now the controller's, and its spans name their tests by start tick.
+    """
+    from pytest_leanhost.core.lineage import Span
+
+    spans: list[Span] = []
+    for path in sorted(root.glob("spans-*.txt")):
+        if path.stem[len("spans-") :] in reported:
+            continue
+        opened: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                mark, _, rest = line.partition(" ")
+                tick, _, nodeid = rest.partition(" ")
+                if not tick.isdigit() or not nodeid:
+                    continue
+                if mark == "B":
+                    opened[nodeid] = int(tick)
+                elif mark == "E" and nodeid in opened:
+                    spans.append(Span(nodeid, opened.pop(nodeid), int(tick)))
+        spans.extend(Span(nodeid, tick) for nodeid, tick in opened.items())  # died during it
+    return spans
 
 
 def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Finding]:

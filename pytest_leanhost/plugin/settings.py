@@ -38,6 +38,8 @@ class Settings:
     ready: str = "auto"
     contract_rules: tuple[int, ...] = CONTRACT_RULES
     earlier_sessions: str = "report"
+    subreaper: bool = True
+    watch_registries: tuple[str, ...] = ()
 
 
 #: The settings of a run without the plugin (fixtures imported into a conftest).
@@ -116,6 +118,21 @@ def add_options(parser: pytest.Parser) -> None:
         default="10",
     )
     parser.addini(
+        "leanhost_subreaper",
+        "Linux: make pytest (and each xdist worker) a child subreaper, so every process "
+        "the run starts stays its descendant and is found without markers (default: true; "
+        "ignored where the OS has no subreapers)",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
+        "leanhost_watch_registries",
+        "extra registry directories (one per line) a server could reach without the "
+        "variable; the run's default registry and the HOME-only one are always watched",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
         "leanhost_grace",
         "seconds a leftover process may take to exit by itself at session end (default: 1)",
         default="1",
@@ -143,6 +160,10 @@ def read_settings(config: pytest.Config) -> Settings:
         ready=_ready(config),
         contract_rules=_rules(config),
         earlier_sessions=_choice(config, "leanhost_earlier_sessions", EARLIER_MODES),
+        subreaper=bool(config.getini("leanhost_subreaper")),
+        watch_registries=tuple(
+            os.path.expanduser(str(line)) for line in config.getini("leanhost_watch_registries")
+        ),
     )
 
 

@@ -52,6 +52,8 @@ class XdistController:
         self.handout: dict[str, str] | None = None  # set at session start
         self.reports: list[WorkerReport] = []
         self.problems: list[str] = []
+        #: The workers whose report arrived (the others died, or their report was lost).
+        self.reported_workers: set[str] = set()
 
     def pytest_configure_node(self, node: Any) -> None:
         """Hand the controller's session id and root to each worker."""
@@ -69,6 +71,8 @@ class XdistController:
             return
         try:
             self.reports.append(WorkerReport.from_json(output[_KEY]))
+            workerinput = getattr(node, "workerinput", None) or {}
+            self.reported_workers.add(str(workerinput.get("workerid", "")))
         except ReportShapeError as exc:
             workerid = getattr(node, "gateway", None) and node.gateway.id
             self.problems.append(
@@ -79,6 +83,10 @@ class XdistController:
     def reported_registries(self) -> set[str]:
         """The registries some worker already checked (the controller skips them)."""
         return {path for report in self.reports for path in report.registries}
+
+    def known_records(self) -> set[str]:
+        """The record paths some worker already reported."""
+        return {f.record for report in self.reports for f in report.findings if f.record}
 
     def known_pids(self) -> set[int]:
         """The PIDs some worker already reported (the controller does not report them again)."""
