@@ -144,7 +144,7 @@ def test_writes_half_a_record():
 
 
 @linux_only
-def test_a_setsid_double_fork_says_new_session_and_reparented_when_init_adopted_it(
+def test_a_setsid_double_fork_says_new_session_new_process_group_and_daemonized(
     inner: InnerPytest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = observed(tmp_path, monkeypatch)
@@ -175,13 +175,53 @@ def test_detaches_a_sleep():
     assert finding["pid"] == pid
     escaped = finding["process"]["escaped"]
     assert {"new_session", "new_process_group", "daemonized"} <= set(escaped)
-    if adopter == 1:
-        assert "reparented" in escaped
-    else:
-        # Adopted by a subreaper (the inner pytest once it becomes one, or another
-        # ancestor): only a first-seen parent from lineage can prove reparented.
-        pytest.skip(f"adopted by subreaper {adopter}, not init: reparented needs lineage")
-    assert "escaped=new_session,new_process_group,reparented,daemonized" in run.result.stdout.str()
+    # The inner pytest is a subreaper: it adopted the sleep, whose shell died before
+    # any test boundary saw it, so nothing proves a reparenting, and none is claimed.
+    assert adopter == int((seen / "pytest").read_text())
+    assert "reparented" not in escaped
+    assert "escaped=new_session,new_process_group,daemonized" in run.result.stdout.str()
+
+
+@linux_only
+def test_a_sleep_whose_parent_died_after_a_test_boundary_saw_it_is_reparented(
+    inner: InnerPytest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = observed(tmp_path, monkeypatch)
+    inner.pytester.makepyfile(
+        test_middle=HELPERS
+        + f"""
+import signal, sys
+
+MIDDLE = []
+HOLD = "import subprocess, sys, time; p = subprocess.Popen([{SLEEP!r}, '300']); " + (
+    "print(p.pid, flush=True); time.sleep(300)"
+)
+
+def test_a_starts_a_middle_that_holds_a_sleep():
+    middle = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE)
+    MIDDLE.append(middle)
+    pid = int(middle.stdout.readline())
+    write_down("pid", pid)
+    write_down("middle", middle.pid)
+
+def test_b_kills_the_middle():
+    middle = MIDDLE.pop()
+    middle.kill()
+    middle.wait()  # our own Popen child: we reap it
+    middle.stdout.close()
+"""
+    )
+    run = inner.run()
+    pid = int((seen / "pid").read_text())
+    middle = int((seen / "middle").read_text())
+    finding = only_finding(run.report)
+    assert finding["pid"] == pid
+    assert finding["nodeid"] == "test_middle.py::test_a_starts_a_middle_that_holds_a_sleep"
+    process = finding["process"]
+    # The end of test_a saw the sleep under its middle; at the check its parent is pytest.
+    assert "reparented" in process["escaped"]
+    assert process["ancestry"][0]["pid"] == middle
+    assert process["ancestry"][0]["alive"] is False
 
 
 @linux_only
