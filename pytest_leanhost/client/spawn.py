@@ -288,9 +288,14 @@ class ServerProcess(SignalsByNumber):
         """The MCP client for this server (stdio pipes or a Streamable HTTP session)."""
         if self._stdio is not None:
             return self._stdio
+        url = self.url
+        assert url is not None
+        if self._http is not None and self._http.url != url and self._handshake is None:
+            # Rule: a client made before the record appeared may aim at the default path;
+            # once the record names the server's own, talk there (no session was opened).
+            self._http.close()
+            self._http = None
         if self._http is None:
-            url = self.url
-            assert url is not None
             self._http = HttpClient(url, stderr_tail=self.stderr_tail)
         return self._http
 
