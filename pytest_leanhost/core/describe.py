@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 import psutil
 
+from pytest_leanhost.core.procfs import stat_fields
+
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessInfo, ProcessTable
 
@@ -187,12 +189,9 @@ def _differs(name: str, pid: int, pytest_pid: int) -> bool:
 def _daemonized(pid: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return False
-    fields = data[data.rfind(b")") + 2 :].split()
     try:
         tty_nr = int(fields[4])
     except (IndexError, ValueError):

@@ -72,6 +72,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.core.procfs import stat_fields
 
 __all__ = [
     "PR_GET_CHILD_SUBREAPER",
@@ -155,13 +156,9 @@ def boottime_ticks() -> int:
 
 def _read_stat(pid: int) -> tuple[int, int, bool] | None:
     """``(ppid, start tick, zombie)`` from ``/proc/PID/stat``; ``None`` when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    # The command name sits in parentheses and may itself hold ") ".
-    fields = data[data.rfind(b")") + 2 :].split()
     try:
         return int(fields[1]), int(fields[19]), fields[0] in (b"Z", b"X")
     except (IndexError, ValueError):

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 
+from pytest_leanhost.core.procfs import stat_fields
 from pytest_leanhost.core.registry import RegistryEntry
 
 __all__ = [
@@ -115,13 +116,9 @@ def _read_linux_table() -> dict[int, ProcessInfo]:
     for name in os.listdir(_PROC):
         if not name.isdigit():
             continue
-        try:
-            with open(f"{_PROC}/{name}/stat", "rb") as handle:
-                data = handle.read()
-        except OSError:
+        fields = stat_fields(name)
+        if fields is None:
             continue  # exited between the listing and the read
-        # The command name sits in parentheses and may itself hold ") ".
-        fields = data[data.rfind(b")") + 2 :].split()
         try:
             table[int(name)] = ProcessInfo(
                 pid=int(name),
@@ -142,9 +139,9 @@ def create_time_of(pid: int) -> float:
     raises ``OSError`` (``ProcessLookupError``) when there is no such process.
     """
     if not FORCE_PSUTIL and sys.platform.startswith("linux") and os.path.isdir(_PROC):
-        with open(f"{_PROC}/{pid}/stat", "rb") as handle:
-            data = handle.read()
-        fields = data[data.rfind(b")") + 2 :].split()
+        fields = stat_fields(pid)
+        if fields is None:
+            raise ProcessLookupError(pid)
         return float(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
     import psutil
 
