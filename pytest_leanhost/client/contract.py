@@ -14,8 +14,6 @@ import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
-import psutil
-
 if TYPE_CHECKING:
     from pytest_leanhost.client.spawn import ServerProcess, StopResult
     from pytest_leanhost.core.processes import PinnedProcess
@@ -94,6 +92,8 @@ def listening_addresses(root: PinnedProcess | None) -> list[tuple[int, str, int]
 
     Read from the OS (psutil), so it sees what the server did, not what it was told.
     """
+    import psutil  # deferred: the plugin parses rules at configure, before any server
+
     proc = root.process() if root is not None else None
     if proc is None:
         return []
