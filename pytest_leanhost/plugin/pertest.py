@@ -41,6 +41,7 @@ __all__ = ["PerTestCheck", "ReportedKey", "last_pid", "pids_between", "reported_
 ReportedKey = tuple[str, int | None, str | None]
 
 _LOADAVG = "/proc/loadavg"
+_LINUX = sys.platform.startswith("linux")
 #: Up to this many PIDs handed out during a test are tried one by one; more, and
 #: one listing of ``/proc`` is cheaper.
 _TRY_EACH = 64
@@ -48,11 +49,16 @@ _TRY_EACH = 64
 
 def last_pid() -> int | None:
     """The last PID the kernel handed out in this PID namespace (Linux), else ``None``."""
-    if not sys.platform.startswith("linux"):
+    if not _LINUX:
         return None
     try:
-        with open(_LOADAVG, "rb") as handle:
-            return int(handle.read().split()[4])
+        # Twice per test: a bare read, no file object (a few microseconds).
+        fd = os.open(_LOADAVG, os.O_RDONLY)
+        try:
+            data = os.read(fd, 256)
+        finally:
+            os.close(fd)
+        return int(data.split()[4])  # "0.20 0.18 0.12 1/80 11206": the last PID
     except (OSError, ValueError, IndexError):
         return None
 
