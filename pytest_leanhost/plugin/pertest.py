@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pytest_leanhost.core.check import Finding
     from pytest_leanhost.plugin.session import LeanhostSession
 
-__all__ = ["PerTestCheck", "ReportedKey", "last_pid", "pids_between", "reported_key"]
+__all__ = ["LastPid", "PerTestCheck", "ReportedKey", "pids_between", "reported_key"]
 
 #: What identifies a finding between the teardown check and the session-end check.
 ReportedKey = tuple[str, int | None, str | None]
@@ -47,20 +47,33 @@ _LINUX = sys.platform.startswith("linux")
 _TRY_EACH = 64
 
 
-def last_pid() -> int | None:
-    """The last PID the kernel handed out in this PID namespace (Linux), else ``None``."""
-    if not _LINUX:
-        return None
-    try:
-        # Twice per test: a bare read, no file object (a few microseconds).
-        fd = os.open(_LOADAVG, os.O_RDONLY)
+class LastPid:
+    """The last PID the kernel handed out in this PID namespace (Linux), else ``None``.
+
+    The file stays open and is read again from offset 0 (``pread``: one system
+    call, a couple of microseconds), since it is read twice per test.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        if _LINUX:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(_LOADAVG, os.O_RDONLY)  # not inherited by children
+
+    def read(self) -> int | None:
+        """The last PID now; ``None`` where the kernel does not say."""
+        if self._fd is None:
+            return None
         try:
-            data = os.read(fd, 256)
-        finally:
-            os.close(fd)
-        return int(data.split()[4])  # "0.20 0.18 0.12 1/80 11206": the last PID
-    except (OSError, ValueError, IndexError):
-        return None
+            return int(os.pread(self._fd, 256, 0).split()[4])  # "0.20 0.18 0.12 1/80 11206"
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        """Close the file (at unconfigure)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def pids_between(before: int, after: int) -> list[int]:
@@ -85,6 +98,7 @@ class PerTestCheck:
 
     def __init__(self, session: LeanhostSession) -> None:
         self.session = session
+        self._clock = LastPid()
         self._last_pid: int | None = None
         self._wider_fixture = False
 
@@ -92,7 +106,7 @@ class PerTestCheck:
     def pytest_runtest_logstart(self, nodeid: str, location: object) -> None:
         """Before setup: note the last PID handed out, to know later whether any was since."""
         self._wider_fixture = False
-        self._last_pid = last_pid()
+        self._last_pid = self._clock.read()
 
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
         """Note a class, module, package or session fixture set up within this test."""
@@ -139,7 +153,7 @@ class PerTestCheck:
         nodeid = item.nodeid
         registry = state.registry_path(nodeid) if self.session.settings.isolate else None
         holds = registry is not None and _holds_something(registry)
-        before, after = self._last_pid, last_pid()
+        before, after = self._last_pid, self._clock.read()
         if before is not None and after is not None:
             if not holds and after == before:
                 return []  # no PID was handed out: the test started nothing
@@ -149,6 +163,10 @@ class PerTestCheck:
         else:
             suspects = self._marked_in_table(state.session_id, nodeid)
         return self._judge(item, registry, suspects)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Close the kernel's PID counter."""
+        self._clock.close()
 
     def _marked_in_table(self, session_id: str, nodeid: str) -> set[int]:
         from pytest_leanhost.core.ownership import find_marked_processes
@@ -206,11 +224,11 @@ def reported_key(finding: Finding) -> ReportedKey:
 
 def _holds_something(registry: str) -> bool:
     """Whether anything stands in the registry (one ``scandir``; a non-directory counts)."""
+    if not os.access(registry, os.F_OK, follow_symlinks=False):
+        return False  # the common case, answered without raising
     try:
         with os.scandir(registry) as entries:
             return next(entries, None) is not None
-    except FileNotFoundError:
-        return False
     except OSError:
         return os.path.lexists(registry)
 
