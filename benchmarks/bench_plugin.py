@@ -1,11 +1,15 @@
 """The plugin's cost: a 2000-trivial-test suite with and without it, and the session-end check.
 
 Run by hand: ``python benchmarks/bench_plugin.py`` (``--runs``, ``--tests``,
-``--xdist N`` to run the suite under pytest-xdist with N workers).
+``--xdist N`` to run the suite under pytest-xdist with N workers, ``--check test``
+to also run it with ``--leanhost-check=test``).
 
 1. Overhead: the same suite of trivial tests, run as whole pytest processes,
    alternating ``-p leanhost`` and ``-p no:leanhost`` (plugin autoload off for
-   both, so nothing else differs); medians of ``--runs`` runs each.
+   both, so nothing else differs); medians of ``--runs`` runs each. With
+   ``--check test`` a third variant, ``-p leanhost --leanhost-check=test``, runs
+   in the same rotation, so the session-mode figure beside it is from the same
+   machine load (the machine may be shared).
 2. The session-end check alone: 2000 test registries of which 200 hold a
    record of a live process, judged by ``check_session`` (grace 0, so the
    figure is the check, not the wait), median of several runs.
@@ -52,9 +56,11 @@ def write_suite(directory: Path, tests: int, per_module: int = 100) -> None:
         (directory / f"test_m{module // per_module:03d}.py").write_text(body)
 
 
-def run_pytest(directory: Path, plugin: bool, xdist: int) -> float:
+def run_pytest(directory: Path, plugin: bool, xdist: int, check: str = "session") -> float:
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
+    if plugin and check != "session":
+        args += [f"--leanhost-check={check}"]
     if xdist:
         args += ["-p", "xdist", "-n", str(xdist)]
     start = time.perf_counter()
@@ -62,22 +68,26 @@ def run_pytest(directory: Path, plugin: bool, xdist: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_overhead(tests: int, runs: int, xdist: int) -> None:
+def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") -> None:
     with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
         suite = Path(tmp)
         write_suite(suite, tests)
         run_pytest(suite, True, xdist)  # warm the file-system cache and bytecode
         run_pytest(suite, False, xdist)
-        with_plugin, without = [], []
+        with_plugin, without, per_test = [], [], []
         for _ in range(runs):
             with_plugin.append(run_pytest(suite, True, xdist))
             without.append(run_pytest(suite, False, xdist))
+            if check == "test":
+                per_test.append(run_pytest(suite, True, xdist, "test"))
     on, off = statistics.median(with_plugin), statistics.median(without)
     mode = f"-n {xdist}" if xdist else "one process"
     print(f"{tests} trivial tests ({mode}), medians of {runs} alternating runs:")
     print(f"  -p no:leanhost  {off * 1000:8.1f} ms")
-    print(f"  -p leanhost     {on * 1000:8.1f} ms")
-    print(f"  overhead        {(on - off) / off * 100:+8.2f} %")
+    print(f"  -p leanhost     {on * 1000:8.1f} ms  ({(on - off) / off * 100:+.2f} %)")
+    if per_test:
+        test = statistics.median(per_test)
+        print(f"  --leanhost-check=test {test * 1000:8.1f} ms  ({(test - off) / off * 100:+.2f} %)")
 
 
 def bench_session_check(registries: int, records: int, runs: int) -> None:
@@ -153,11 +163,17 @@ def main() -> int:
     parser.add_argument("--tests", type=int, default=2000, help="trivial tests in the suite")
     parser.add_argument("--runs", type=int, default=7, help="runs per variant (median)")
     parser.add_argument("--xdist", type=int, default=0, help="pytest-xdist workers (0: none)")
+    parser.add_argument(
+        "--check",
+        choices=("session", "test"),
+        default="session",
+        help="test: also run the suite with --leanhost-check=test",
+    )
     parser.add_argument("--skip-suite", action="store_true", help="only the session-end check")
     parser.add_argument("--servers", type=int, default=0, help="also run N real server tests")
     args = parser.parse_args()
     if not args.skip_suite:
-        bench_overhead(args.tests, args.runs, args.xdist)
+        bench_overhead(args.tests, args.runs, args.xdist, args.check)
     bench_session_check(2000, 200, max(args.runs, 5))
     if args.servers:
         bench_servers(args.servers, args.xdist)

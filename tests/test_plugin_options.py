@@ -202,6 +202,8 @@ def test_every_option_and_fixture_is_documented(pytester: pytest.Pytester) -> No
         "--leanhost-report=PATH",
         "--leanhost-server-cmd=CMD",
         "--leanhost-keep-leaks",
+        "--leanhost-check=WHEN",
+        "leanhost_check",
         "leanhost_server_command",
         "leanhost_isolate",
         "leanhost_ready_timeout",

@@ -50,8 +50,10 @@ def test_every_value_is_read(pytester: pytest.Pytester, tmp_path: Path) -> None:
         "leanhost_grace=0",
         "-o",
         "leanhost_earlier_sessions=terminate",
+        "--leanhost-check=test",
     )
     assert settings == Settings(
+        check="test",
         earlier_sessions="terminate",
         doctor=True,
         report_path=str(report),
@@ -62,6 +64,32 @@ def test_every_value_is_read(pytester: pytest.Pytester, tmp_path: Path) -> None:
         shutdown_timeout=3.0,
         grace=0.0,
     )
+
+
+def test_the_check_option_wins_over_the_ini_value(pytester: pytest.Pytester) -> None:
+    assert settings_of(pytester, "-o", "leanhost_check=test").check == "test"
+    assert settings_of(pytester, "-o", "leanhost_check=test", "--leanhost-check=session").check == (
+        "session"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--leanhost-check=bogus",),
+            "leanhost: --leanhost-check 'bogus' must be one of session, test",
+        ),
+        (
+            ("-o", "leanhost_check=per-test"),
+            "leanhost: leanhost_check = 'per-test' must be one of session, test",
+        ),
+    ],
+)
+def test_a_bad_check_mode_is_a_one_line_usage_error(
+    pytester: pytest.Pytester, args: tuple[str, ...], message: str
+) -> None:
+    assert usage_error(pytester, *args) == message
 
 
 def test_the_option_wins_over_the_ini_command(pytester: pytest.Pytester) -> None:

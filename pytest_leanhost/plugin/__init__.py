@@ -59,3 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = LeanhostSession(config, settings, worker=worker, controller=controller)
     config.pluginmanager.register(session, "leanhost-session")
     config.pluginmanager.register(session.phases, "leanhost-phases")
+    if settings.check == "test":
+        from pytest_leanhost.plugin.pertest import PerTestCheck
+
+        config.pluginmanager.register(PerTestCheck(session), "leanhost-pertest")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end
     from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
     from pytest_leanhost.plugin.earlier import EarlierRuns
     from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
+    from pytest_leanhost.plugin.pertest import ReportedKey
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
 
 __all__ = ["LeakStat", "LeanhostSession"]
@@ -89,6 +90,9 @@ class LeanhostSession:
         self._spans_file: TextIO | None = None
         #: Whether the last boundary was the end of the test right before this one.
         self._just_ended = False
+        #: What ``--leanhost-check=test`` reported at a test's teardown (``plugin.pertest``):
+        #: not reported again at session end.
+        self.reported_at_teardown: set[ReportedKey] = set()
 
     # -- session start -----------------------------------------------------------
 
@@ -324,6 +328,10 @@ class LeanhostSession:
             if not (finding.kind == "leaked_process" and finding.pid in known_pids)
             and not (finding.record is not None and finding.record in known_records)
         ]
+        if self.reported_at_teardown:
+            from pytest_leanhost.plugin.pertest import reported_key
+
+            findings = [f for f in findings if reported_key(f) not in self.reported_at_teardown]
         doctor = _doctor_lines(checked) if self.settings.doctor else []
         findings, targets = self._explain(findings, checked)
         if not self.settings.keep_leaks:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import shlex
+from typing import Literal, cast
 
 import pytest
 
@@ -17,6 +18,9 @@ import pytest
 READY_MODES = ("record", "initialize", "port", "auto")
 #: What to do about processes an earlier, killed run left (``plugin.earlier.EARLIER_MODES``).
 EARLIER_MODES = ("report", "fail", "terminate")
+#: When leaks are judged: once at session end, or each test right after its teardown too.
+CheckMode = Literal["session", "test"]
+CHECK_MODES: tuple[CheckMode, ...] = ("session", "test")
 #: The contract rules checked at teardown (``pytest_leanhost.client.contract.ALL_RULES``).
 CONTRACT_RULES = (1, 2, 3, 5, 6)
 
@@ -40,6 +44,7 @@ class Settings:
     earlier_sessions: str = "report"
     subreaper: bool = True
     watch_registries: tuple[str, ...] = ()
+    check: CheckMode = "session"
 
 
 #: The settings of a run without the plugin (fixtures imported into a conftest).
@@ -76,6 +81,19 @@ def add_options(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="report leaks but do not stop leaked processes or remove records (debugging)",
+    )
+    group.addoption(
+        "--leanhost-check",
+        metavar="WHEN",
+        default=None,
+        help="when leaks are judged: 'session' (default: once, at session end) or 'test' "
+        "(each test right after its teardown too: a leak is an error at teardown of the "
+        "test that leaked; default: ini leanhost_check)",
+    )
+    parser.addini(
+        "leanhost_check",
+        "when leaks are judged: session (default) or test (each test after its teardown too)",
+        default="session",
     )
     parser.addini(
         "leanhost_earlier_sessions",
@@ -164,7 +182,19 @@ def read_settings(config: pytest.Config) -> Settings:
         watch_registries=tuple(
             os.path.expanduser(str(line)) for line in config.getini("leanhost_watch_registries")
         ),
+        check=_check_mode(config),
     )
+
+
+def _check_mode(config: pytest.Config) -> CheckMode:
+    option = config.getoption("leanhost_check")
+    if option is None:
+        return cast(CheckMode, _choice(config, "leanhost_check", CHECK_MODES))
+    if option not in CHECK_MODES:
+        raise pytest.UsageError(
+            f"leanhost: --leanhost-check {option!r} must be one of {', '.join(CHECK_MODES)}"
+        )
+    return cast(CheckMode, option)
 
 
 def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:

@@ -1,0 +1,282 @@
+"""``--leanhost-check=test``: each test's leaks as an error at its own teardown.
+
+Right after a test's teardown, its own registry and the processes it started
+(their starting environment carries the session id and ``LEANHOST_NODEID`` of
+the test) get the grace to go away; what is left turns the teardown report into
+a failed one, so ``--lf``, ``-x``, ``--maxfail`` and JUnit see it under that
+test. The findings are cleaned up by the session check's own ``clean_up``
+(exact PIDs, create time checked) and not reported again at session end; what
+appears only later is still caught there.
+
+A test that starts nothing must cost next to nothing, so the check first asks
+the kernel whether any PID was handed out during the test at all: on Linux the
+last PID allocated in the PID namespace (5th field of ``/proc/loadavg``), read
+before setup and after teardown. Unchanged: no process or thread was created
+anywhere, and only the registry is looked at (one ``scandir``). Changed: only
+the PIDs handed out in between can be the test's, and only their starting
+environments are read. Only when one of them carries the test's markers, or
+the registry holds something, are the process table and psutil touched. Other
+platforms have no such counter and read the table after every test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV
+
+if TYPE_CHECKING:
+    from pytest_leanhost.core.check import Finding
+    from pytest_leanhost.plugin.session import LeanhostSession
+
+__all__ = ["LastPid", "PerTestCheck", "ReportedKey", "pids_between", "reported_key"]
+
+#: What identifies a finding between the teardown check and the session-end check.
+ReportedKey = tuple[str, int | None, str | None]
+
+_LOADAVG = "/proc/loadavg"
+_LINUX = sys.platform.startswith("linux")
+#: Up to this many PIDs handed out during a test are tried one by one; more, and
+#: one listing of ``/proc`` is cheaper.
+_TRY_EACH = 64
+
+
+class LastPid:
+    """The last PID the kernel handed out in this PID namespace (Linux), else ``None``.
+
+    The file stays open and is read again from offset 0 (``pread``: one system
+    call, a couple of microseconds), since it is read twice per test.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        if _LINUX:
+            with contextlib.suppress(OSError):
+                self._fd = os.open(_LOADAVG, os.O_RDONLY)  # not inherited by children
+
+    def read(self) -> int | None:
+        """The last PID now; ``None`` where the kernel does not say."""
+        if self._fd is None:
+            return None
+        try:
+            return int(os.pread(self._fd, 256, 0).split()[4])  # "0.20 0.18 0.12 1/80 11206"
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        """Close the file (at unconfigure)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def pids_between(before: int, after: int) -> list[int]:
+    """The live PIDs handed out after ``before`` up to ``after`` (PIDs wrap at ``pid_max``)."""
+    if after == before:
+        return []
+    if 0 < after - before <= _TRY_EACH:
+        return [pid for pid in range(before + 1, after + 1) if os.path.exists(f"/proc/{pid}")]
+    wrapped = after < before
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                pid = int(name)
+                if (pid > before or pid <= after) if wrapped else before < pid <= after:
+                    found.append(pid)
+    return found
+
+
+class PerTestCheck:
+    """The teardown check of every test of this pytest process (``--leanhost-check=test``)."""
+
+    def __init__(self, session: LeanhostSession) -> None:
+        self.session = session
+        self._clock = LastPid()
+        self._last_pid: int | None = None
+        self._wider_fixture = False
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: object) -> None:
+        """Before setup: note the last PID handed out, to know later whether any was since."""
+        self._wider_fixture = False
+        self._last_pid = self._clock.read()
+
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
+        """Note a class, module, package or session fixture set up within this test."""
+        if fixturedef.scope != "function":
+            self._wider_fixture = True
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """After teardown: what the test left turns its teardown report into a failed one.
+
+        A failed teardown report is what pytest itself makes of a fixture whose
+        teardown raised: "ERROR at teardown of ...", an error in the counts, in
+        ``--lf``'s cache, for ``-x`` and ``--maxfail``, and an ``<error>`` in the
+        test's own JUnit ``<testcase>``.
+        """
+        report = yield
+        if call.when != "teardown":
+            return report
+        failing = self._check(item)
+        if failing:
+            from pytest_leanhost.plugin.report import grouped_lines
+
+            lines = [
+                f"leanhost: {item.nodeid} leaked (checked at its teardown):",
+                *(line for line, _ in grouped_lines(failing)),
+            ]
+            text = "\n".join(lines)
+            if report.failed:
+                report.sections.append(("leanhost", text))  # keep the teardown's own error
+            else:
+                report.outcome = "failed"
+                report.longrepr = text
+        return report
+
+    def _check(self, item: pytest.Item) -> list[Finding]:
+        """The failing findings of ``item``, cleaned up (unless ``--leanhost-keep-leaks``)."""
+        state = self.session.state
+        if state is None or self._wider_fixture:
+            # Rule: what a wider fixture started lives until its scope ends, past this
+            # test's teardown; such a test is judged at session end, like without the option.
+            return []
+        nodeid = item.nodeid
+        registry = state.registry_path(nodeid) if self.session.settings.isolate else None
+        holds = registry is not None and _holds_something(registry)
+        before, after = self._last_pid, self._clock.read()
+        if before is not None and after is not None:
+            if not holds and after == before:
+                return []  # no PID was handed out: the test started nothing
+            suspects = _marked(pids_between(before, after), state.session_id, nodeid)
+            if not holds and not suspects:
+                return []
+        else:
+            suspects = self._marked_in_table(state.session_id, nodeid)
+        return self._judge(item, registry, suspects)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Close the kernel's PID counter."""
+        self._clock.close()
+
+    def _marked_in_table(self, session_id: str, nodeid: str) -> set[int]:
+        from pytest_leanhost.core.ownership import find_marked_processes
+        from pytest_leanhost.core.probe import ProcessTable
+
+        marked = find_marked_processes(session_id, ProcessTable.snapshot(), exclude=[os.getpid()])
+        return {pid for pid, proc in marked.items() if proc.nodeid == nodeid}
+
+    def _judge(self, item: pytest.Item, registry: str | None, suspects: set[int]) -> list[Finding]:
+        """Give the suspects the grace (polled), then judge and clean up what is left."""
+        from pytest_leanhost.core.check import check_session, clean_up
+        from pytest_leanhost.core.explain import explain_findings
+        from pytest_leanhost.stopping import poll_until
+
+        session, settings, state = self.session, self.session.settings, self.session.state
+        assert state is not None
+        nodeid = item.nodeid
+        if settings.grace > 0:
+            poll_until(lambda: not _alive(suspects | _record_pids(registry)), settings.grace)
+        registries: dict[str, str | None] = {}
+        if registry is not None and os.path.lexists(registry):
+            registries[registry] = nodeid
+        checked = check_session(
+            registries,
+            state.session_id,
+            exclude_pids=state.worker_pids(),
+            grace=0.0,
+            worker=session.workerid,
+            only_worker=session.workerid,
+        )
+        # Rule: only this test's own leftovers; another test's are for its teardown or the end.
+        findings = [
+            f
+            for f in checked.findings
+            if (registry is not None and f.registry == registry)
+            or (f.kind == "leaked_process" and f.nodeid == nodeid)
+        ]
+        findings = [f for f in findings if not _allowed(item, f)]
+        if not findings:
+            return []  # an allowed leak is left for the session end, which reports it as allowed
+        targets = {f: checked.targets[f] for f in findings}
+        findings, targets = explain_findings(
+            findings, targets, root_pid=os.getpid(), spans=session.phases.spans
+        )
+        if not settings.keep_leaks:
+            findings = clean_up(findings, targets, settings.shutdown_timeout)
+        session.reported_at_teardown.update(reported_key(f) for f in findings)
+        return findings
+
+
+def reported_key(finding: Finding) -> ReportedKey:
+    """What names a finding in both checks (the action and the explanation may differ)."""
+    return (finding.kind, finding.pid, finding.record)
+
+
+def _holds_something(registry: str) -> bool:
+    """Whether anything stands in the registry (one ``scandir``; a non-directory counts)."""
+    if not os.access(registry, os.F_OK, follow_symlinks=False):
+        return False  # the common case, answered without raising
+    try:
+        with os.scandir(registry) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return os.path.lexists(registry)
+
+
+def _marked(pids: list[int], session_id: str, nodeid: str) -> set[int]:
+    """Those of ``pids`` whose starting environment carries the session id and ``nodeid``."""
+    session = f"\0{SESSION_ENV}={session_id}\0".encode()
+    test = f"\0{NODEID_ENV}={nodeid}\0".encode()
+    own = os.getpid()
+    found: set[int] = set()
+    for pid in pids:
+        if pid == own:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = b"\0" + handle.read() + b"\0"
+        except OSError:
+            continue  # gone, or not ours to read (so not started by this run)
+        if session in environ and test in environ:
+            found.add(pid)
+    return found
+
+
+def _record_pids(registry: str | None) -> set[int]:
+    """The PIDs that the record names in ``registry`` stand for (by file name)."""
+    if registry is None:
+        return set()
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(registry):
+            stem = entry.name[: -len(".json")] if entry.name.endswith(".json") else ""
+            if stem.isdigit():
+                pids.add(int(stem))
+    return pids
+
+
+def _alive(pids: set[int]) -> bool:
+    """Whether any of ``pids`` is a live process that is not a zombie."""
+    if not pids:
+        return False
+    from pytest_leanhost.core.probe import ProcessTable
+
+    table = ProcessTable.snapshot()
+    return any((info := table.get(pid)) is not None and not info.zombie for pid in pids)
+
+
+def _allowed(item: pytest.Item, finding: Finding) -> bool:
+    return any(
+        not marker.args or finding.kind in marker.args
+        for marker in item.iter_markers(name="leanhost_allow")
+    )
