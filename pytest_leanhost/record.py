@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "ServerProcessRegistration",
     "current_executable",
     "current_process_record",
+    "directory_from_env",
     "register_server_process",
     "registry_dir",
 ]
@@ -230,15 +231,33 @@ def registry_dir(environ: os._Environ[str] | dict[str, str] | None = None) -> Pa
     with no app name: ``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux). An empty
     variable is an error: it would otherwise silently mean the current directory.
     """
+    return directory_from_env(
+        environ, REGISTRY_ENV, ("lean-host-mcp", "processes"), error=RegistryError
+    )
+
+
+def directory_from_env(
+    environ: Mapping[str, str] | None,
+    name: str,
+    under_cache: tuple[str, ...],
+    *,
+    error: type[Exception],
+) -> Path:
+    """``$name`` when set, else ``<user cache dir>/<under_cache...>``.
+
+    The user cache dir is platformdirs' ``user_cache_dir()`` with no app name. An
+    empty variable raises ``error``: it would otherwise silently mean the current
+    directory.
+    """
     env = os.environ if environ is None else environ
-    value = env.get(REGISTRY_ENV)
+    value = env.get(name)
     if value is not None:
         if not value:
-            raise RegistryError(f"{REGISTRY_ENV} is set but empty; unset it or name a directory")
+            raise error(f"{name} is set but empty; unset it or name a directory")
         return Path(value)
-    import platformdirs  # deferred: a server that names its registry never pays for it
+    import platformdirs  # deferred: a server that names its directory never pays for it
 
-    return Path(platformdirs.user_cache_dir()) / "lean-host-mcp" / "processes"
+    return Path(platformdirs.user_cache_dir()).joinpath(*under_cache)
 
 
 def current_executable() -> str:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
 from pytest_leanhost.core.probe import ProcessTable, create_time_of
 from pytest_leanhost.files import write_atomically
+from pytest_leanhost.record import directory_from_env
 
 # psutil loads only to describe or stop a leftover: writing the ledger and a scan that
 # finds no earlier session (every normal run's session start) do without it.
@@ -181,15 +182,9 @@ def sessions_dir(environ: Mapping[str, str] | None = None) -> Path:
     (platformdirs' ``user_cache_dir()`` with no app name, as the registry default).
     An empty variable is an error: it would otherwise mean the current directory.
     """
-    env = os.environ if environ is None else environ
-    value = env.get(SESSIONS_ENV)
-    if value is not None:
-        if not value:
-            raise SessionsDirError(f"{SESSIONS_ENV} is set but empty; unset it or name a directory")
-        return Path(value)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir()) / "pytest-leanhost" / "sessions"
+    return directory_from_env(
+        environ, SESSIONS_ENV, ("pytest-leanhost", "sessions"), error=SessionsDirError
+    )
 
 
 def _ledger_path(directory: Path, session_id: str) -> Path:
