@@ -239,3 +239,33 @@ def test_a_process_started_at_session_end_climbs_to_its_known_ancestor(
             parent.kill()
         parent.wait()
         parent.stdout.close()
+
+
+def test_a_boundary_walks_only_when_the_kernel_handed_out_a_pid() -> None:
+    # The runner's own threads (xdist's execnet among them) move the counter too:
+    # a walk whenever they do is the price of never missing a process.
+    lineage = Lineage()
+    lineage.boundary()
+    walks = lineage.walks
+    for _ in range(50):
+        lineage.boundary()  # nothing created in between: no walk, or one per stray thread
+    assert lineage.walks - walks < 50
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        before = lineage.walks
+        lineage.boundary()
+        assert lineage.walks == before + 1
+        own = [seen.pid for seen in lineage.seen()]
+        assert child.pid in own  # judged against the kernel: the child's start tick
+        assert lineage.lookup(child.pid, start_tick(child.pid) or -1) is not None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_without_the_counter_every_boundary_walks() -> None:
+    lineage = Lineage(last_pid=lambda: None)
+    before = lineage.walks
+    for _ in range(5):
+        lineage.boundary()
+    assert lineage.walks == before + 5

@@ -16,9 +16,12 @@ consistent.
 
 Attribution rule (:class:`Lineage`). At every test boundary (``begin`` at the
 start of setup, ``end`` at the end of teardown) the recorder walks the tree
-under pytest: pytest's direct children (one read per task of pytest: the cheap
-part, and all a test that leaves nothing running pays), then the children of
-each live descendant. Each process seen for the first time is remembered with
+under pytest: pytest's direct children (one read per task of pytest), then the
+children of each live descendant. The walk is skipped when the kernel's PID
+counter (:class:`~pytest_leanhost.core.procfs.LastPid`) has not moved since the
+last walk began: no process was created since, so there is nothing new to see.
+That one read is all a test that starts nothing pays. Each process seen for the
+first time is remembered with
 its first-seen parent and its owner(s), decided in walk order (parents first):
 
 1. its parent is a process the recorder knows and that has an owner: it gets
@@ -64,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import os
 import sys
@@ -72,7 +74,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.procfs import stat_fields
+from pytest_leanhost.core.procfs import LastPid, stat_fields
 
 __all__ = [
     "PR_GET_CHILD_SUBREAPER",
@@ -115,7 +117,9 @@ def subreaper_supported() -> bool:
 
 
 def _prctl(option: int, arg: int | ctypes.c_int | ctypes._Pointer[ctypes.c_int]) -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The running program's own symbols hold libc's: no ctypes.util.find_library,
+    # which runs ldconfig in a subprocess (tens of milliseconds at every start).
+    libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
     prctl.restype = ctypes.c_int
     return int(prctl(ctypes.c_int(option), arg, 0, 0, 0))
@@ -239,19 +243,42 @@ class Lineage:
     docstring for the rules. Not thread-safe: call it from pytest's main thread.
     """
 
-    def __init__(self, root: int | None = None, clock: Callable[[], int] = boottime_ticks) -> None:
+    def __init__(
+        self,
+        root: int | None = None,
+        clock: Callable[[], int] = boottime_ticks,
+        last_pid: Callable[[], int | None] | None = None,
+    ) -> None:
         self.root = os.getpid() if root is None else root
         #: Now, in start ticks; a fixed clock lets a test place spans on one tick.
         self._clock = clock
-        self._spans: list[Span] = []
+        #: The kernel's PID counter (``None`` where it has none: then every boundary walks).
+        self._counter = LastPid() if last_pid is None else None
+        self._last_pid = self._counter.read if self._counter is not None else last_pid
+        self._walked_at: int | None = None
+        #: ``(node id, begin tick, end tick or None)``: plain tuples, made into
+        #: :class:`Span` only when asked (twice per test, so it must be cheap).
+        self._spans: list[tuple[str, int, int | None]] = []
         self._running: str | None = None
         self._seen: dict[tuple[int, int], Seen] = {}
         self._last_tick = clock()
+        #: How many boundaries walked the tree (the others found the PID counter unmoved).
+        self.walks = 0
 
     @property
     def spans(self) -> tuple[Span, ...]:
         """Every span so far, in order."""
-        return tuple(self._spans)
+        return tuple(Span(*span) for span in self._spans)
+
+    @property
+    def last_tick(self) -> int:
+        """The tick of the last boundary (where the newest span begins or ends)."""
+        return self._last_tick
+
+    def close(self) -> None:
+        """Close the kernel's PID counter; later boundaries walk every time."""
+        if self._counter is not None:
+            self._counter.close()
 
     @property
     def running(self) -> str | None:
@@ -266,33 +293,38 @@ class Lineage:
         """Every ``(pid, start tick)`` seen below the root: the run's processes, dead or alive."""
         return frozenset(self._seen)
 
-    def begin(self, nodeid: str, *, walk: bool = True) -> None:
-        """A test's setup starts: what appeared since the last boundary is not this test's.
-
-        ``walk=False`` opens the span at the last boundary's tick without reading
-        the tree again: right after the previous test's ``end``, when nothing
-        but pytest's own hooks ran in between (half the cost of a test).
-        """
-        if walk:
-            self.boundary()
+    def begin(self, nodeid: str) -> None:
+        """A test's setup starts: what appeared since the last boundary is not this test's."""
+        self.boundary()
         self._running = nodeid
-        self._spans.append(Span(nodeid, self._last_tick))
+        self._spans.append((nodeid, self._last_tick, None))
 
     def end(self, nodeid: str) -> None:
         """A test's teardown ended: what appeared during its span is its own."""
         self.boundary()
         for index in range(len(self._spans) - 1, -1, -1):
-            span = self._spans[index]
-            if span.nodeid == nodeid and span.end_tick is None:
-                self._spans[index] = Span(nodeid, span.begin_tick, self._last_tick)
+            name, begin, end = self._spans[index]
+            if name == nodeid and end is None:
+                self._spans[index] = (nodeid, begin, self._last_tick)
                 break
         if self._running == nodeid:
             self._running = None
 
     def boundary(self) -> None:
-        """Walk the tree below the root once and remember each new process (see rules 1-3)."""
-        opening = self._last_tick
+        """Walk the tree below the root once and remember each new process (see rules 1-3).
+
+        Rule: the counter is read before the clock and before the walk, so a
+        process created during the walk (which the walk may miss) moves it, and
+        the next boundary walks again.
+        """
+        counter = self._last_pid() if self._last_pid is not None else None
         now = self._clock()
+        if counter is not None and counter == self._walked_at:
+            self._last_tick = now  # nothing created since the last walk began
+            return
+        self._walked_at = counter
+        self.walks += 1
+        opening = self._last_tick
         # Breadth first, so a parent is identified (and owned) before its children.
         queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in direct_children(self.root)]
         while queue:
@@ -327,11 +359,17 @@ class Lineage:
 
     def add_spans(self, spans: Iterable[Span]) -> None:
         """Take spans recorded elsewhere (a dead xdist worker's), for attribution by start tick."""
-        self._spans.extend(spans)
+        self._spans.extend((span.nodeid, span.begin_tick, span.end_tick) for span in spans)
 
     def spans_holding(self, tick: int) -> tuple[str, ...]:
         """The node ids of every span that holds ``tick``, in span order, each once."""
-        return tuple(dict.fromkeys(span.nodeid for span in self._spans if span.holds(tick)))
+        return tuple(
+            dict.fromkeys(
+                nodeid
+                for nodeid, begin, end in self._spans
+                if begin <= tick and (end is None or tick <= end)
+            )
+        )
 
     def lookup(self, pid: int, tick: int) -> Seen | None:
         """What the recorder knows of exactly this process, if it saw it."""

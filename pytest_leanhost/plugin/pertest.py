@@ -23,74 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV
+from pytest_leanhost.core.procfs import LastPid, pids_between
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.check import Finding
     from pytest_leanhost.plugin.session import LeanhostSession
 
-__all__ = ["LastPid", "PerTestCheck", "ReportedKey", "pids_between", "reported_key"]
+__all__ = ["PerTestCheck", "ReportedKey", "reported_key"]
 
 #: What identifies a finding between the teardown check and the session-end check.
 ReportedKey = tuple[str, int | None, str | None]
-
-_LOADAVG = "/proc/loadavg"
-_LINUX = sys.platform.startswith("linux")
-#: Up to this many PIDs handed out during a test are tried one by one; more, and
-#: one listing of ``/proc`` is cheaper.
-_TRY_EACH = 64
-
-
-class LastPid:
-    """The last PID the kernel handed out in this PID namespace (Linux), else ``None``.
-
-    The file stays open and is read again from offset 0 (``pread``: one system
-    call, a couple of microseconds), since it is read twice per test.
-    """
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        if _LINUX:
-            with contextlib.suppress(OSError):
-                self._fd = os.open(_LOADAVG, os.O_RDONLY)  # not inherited by children
-
-    def read(self) -> int | None:
-        """The last PID now; ``None`` where the kernel does not say."""
-        if self._fd is None:
-            return None
-        try:
-            return int(os.pread(self._fd, 256, 0).split()[4])  # "0.20 0.18 0.12 1/80 11206"
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def close(self) -> None:
-        """Close the file (at unconfigure)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def pids_between(before: int, after: int) -> list[int]:
-    """The live PIDs handed out after ``before`` up to ``after`` (PIDs wrap at ``pid_max``)."""
-    if after == before:
-        return []
-    if 0 < after - before <= _TRY_EACH:
-        return [pid for pid in range(before + 1, after + 1) if os.path.exists(f"/proc/{pid}")]
-    wrapped = after < before
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                pid = int(name)
-                if (pid > before or pid <= after) if wrapped else before < pid <= after:
-                    found.append(pid)
-    return found
 
 
 class PerTestCheck:

@@ -74,7 +74,10 @@ class LeanhostSession:
         self.workerid = worker.workerid if worker is not None else None
         self.state: SessionState | None = None
         self.verdict: RunVerdict | None = None
+        #: The variables each test sets, as they were before the session (a nested
+        #: pytest's are its outer test's).
         self._user_registry_env = os.environ.get(REGISTRY_ENV)
+        self._outside_nodeid = os.environ.get(NODEID_ENV)
         self._saved_env: dict[str, str | None] = {}
         self._previous_sigterm: Any = None
         self._private_root: Path | None = None
@@ -88,8 +91,6 @@ class LeanhostSession:
         self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
         self._spans_file: TextIO | None = None
-        #: Whether the last boundary was the end of the test right before this one.
-        self._just_ended = False
         #: What ``--leanhost-check=test`` reported at a test's teardown (``plugin.pertest``):
         #: not reported again at session end.
         self.reported_at_teardown: set[ReportedKey] = set()
@@ -184,9 +185,14 @@ class LeanhostSession:
         """From setup to teardown, name the test's node id and registry in the environment.
 
         Every process the test starts, by any means and at any depth, inherits
-        both; afterwards the previous values are back, so nothing outside a test
-        (session finish included) is named after the last one. The registry
-        directory itself is left for the first server to create.
+        both. The registry directory itself is left for the first server to create.
+
+        Rule: between two tests the variables stay as they are, since the next
+        test's setup overwrites them at once (nothing in pytest's loop starts a
+        process in between: two ``os.environ`` writes per test instead of six
+        operations); after the last test, after an error, and whenever the loop
+        stops, the values from before the session are back (:meth:`_end_tests`),
+        so nothing outside a test (session finish included) is named after one.
         """
         assert self.state is not None
         nodeid = item.nodeid
@@ -194,30 +200,34 @@ class LeanhostSession:
         # The span opens before anything of the test runs, fixtures included: a
         # process a module or session fixture starts belongs to the test whose setup ran it.
         if lineage is not None:
-            # Right after the previous test's end walk, a second walk finds nothing new.
-            lineage.begin(nodeid, walk=not self._just_ended)
+            lineage.begin(nodeid)
             if spans is not None:
-                spans.write(f"B {lineage.spans[-1].begin_tick} {nodeid}\n")
+                spans.write(f"B {lineage.last_tick} {nodeid}\n")
                 spans.flush()
         environ = os.environ
-        previous_nodeid = environ.get(NODEID_ENV)
         environ[NODEID_ENV] = nodeid
-        isolate = self.settings.isolate
-        if isolate:
-            previous_registry = environ.get(REGISTRY_ENV)
+        if self.settings.isolate:
             environ[REGISTRY_ENV] = self.state.registry_path(nodeid)
         try:
-            return (yield)
+            result = yield
+        except BaseException:
+            self._end_tests()
+            raise
         finally:
-            _restore(NODEID_ENV, previous_nodeid)
-            if isolate:
-                _restore(REGISTRY_ENV, previous_registry)
             if lineage is not None:
                 lineage.end(nodeid)
-                self._just_ended = nextitem is not None
                 if spans is not None:
-                    spans.write(f"E {lineage.spans[-1].end_tick} {nodeid}\n")
+                    spans.write(f"E {lineage.last_tick} {nodeid}\n")
                     spans.flush()
+        if nextitem is None:
+            self._end_tests()
+        return result
+
+    def _end_tests(self) -> None:
+        """Put back the node id and registry variables as they were before the session."""
+        _restore(NODEID_ENV, self._outside_nodeid)
+        if self.settings.isolate:
+            _restore(REGISTRY_ENV, self._user_registry_env)
 
     # -- the check ---------------------------------------------------------------
 
@@ -232,7 +242,10 @@ class LeanhostSession:
         complete (interrupt, ``-x``, collection errors) leaves fixtures up: then
         the check waits for session finish, after pytest tore them down.
         """
-        result = yield
+        try:
+            result = yield
+        finally:
+            self._end_tests()  # a loop that stopped early (-x, --maxfail) left them set
         self._check(session, junit=True)
         return result
 
@@ -495,6 +508,8 @@ class LeanhostSession:
         if self._spans_file is not None:
             self._spans_file.close()
             self._spans_file = None
+        if self.lineage is not None:
+            self.lineage.close()
         for name, value in self._saved_env.items():
             _restore(name, value)
         self._saved_env.clear()
