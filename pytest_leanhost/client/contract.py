@@ -12,7 +12,9 @@ import dataclasses
 import ipaddress
 import signal
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from pytest_leanhost.client.rules import ALL_RULES, Rule, parse_rules
 
 if TYPE_CHECKING:
     from pytest_leanhost.client.spawn import ServerProcess, StopResult
@@ -28,9 +30,6 @@ __all__ = [
     "parse_rules",
 ]
 
-Rule = Literal[1, 2, 3, 5, 6]
-ALL_RULES: tuple[Rule, ...] = (1, 2, 3, 5, 6)
-
 
 @dataclasses.dataclass(frozen=True)
 class Violation:
@@ -42,39 +41,6 @@ class Violation:
 
     def __str__(self) -> str:
         return f"rule {self.rule}: pid {self.pid}: {self.seen}"
-
-
-def parse_rules(value: str | Iterable[int] | None) -> tuple[Rule, ...]:
-    """``None``/``"all"``: every rule; ``"none"``: none; numbers (``"1,5"`` or ints): those.
-
-    Raises ``ValueError`` with one line for anything else.
-    """
-    if value is None:
-        return ALL_RULES
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("", "all"):
-            return ALL_RULES
-        if text == "none":
-            return ()
-        parts: list[object] = [p for p in text.replace(",", " ").split() if p]
-    else:
-        parts = list(value)
-    chosen: list[Rule] = []
-    for part in parts:
-        try:
-            number = int(str(part))
-        except ValueError:
-            raise ValueError(f"rule {part!r} is not a number, 'all' or 'none'") from None
-        if number not in ALL_RULES:
-            raise ValueError(
-                f"rule {number} is not checked at teardown (choose from "
-                f"{', '.join(map(str, ALL_RULES))}, 'all' or 'none')"
-            )
-        rule: Rule = number
-        if rule not in chosen:
-            chosen.append(rule)
-    return tuple(sorted(chosen))
 
 
 def _is_loopback(ip: str) -> bool:

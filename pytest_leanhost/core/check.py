@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pytest_leanhost.core.explain import DetailShapeError, ProcessDetail
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, Action, LeakKind
 from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
 from pytest_leanhost.core.probe import ProcessTable
 
-# What loads only when there is something to judge, wait for or stop: a run
-# whose tests started no server never imports the doctor, the check or psutil.
+# What loads only when there is something to judge, explain, wait for or stop: a
+# run whose tests started no server never imports the doctor, the explanation or psutil.
 if TYPE_CHECKING:
+    from pytest_leanhost.core.explain import ProcessDetail
     from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.core.probe import JudgedRecord
     from pytest_leanhost.core.processes import PinnedProcess
@@ -123,10 +123,14 @@ class Finding:
         if not isinstance(detail, str) or not isinstance(allowed, bool):
             raise FindingShapeError("detail must be a string and allowed a boolean")
         process = data.get("process")
-        try:
-            detail_of = ProcessDetail.from_json(process) if process is not None else None
-        except DetailShapeError as exc:
-            raise FindingShapeError(str(exc)) from None
+        detail_of = None
+        if process is not None:
+            from pytest_leanhost.core.explain import DetailShapeError, ProcessDetail
+
+            try:
+                detail_of = ProcessDetail.from_json(process)
+            except DetailShapeError as exc:
+                raise FindingShapeError(str(exc)) from None
         nodeids = data.get("nodeids", [])
         if not isinstance(nodeids, list) or not all(isinstance(n, str) for n in nodeids):
             raise FindingShapeError(f"nodeids is {nodeids!r}, not a list of strings")

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -331,12 +328,3 @@ def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
             continue
         found.append(RelativeDetail(child, info.ppid, cmdline))
     return tuple(found)
-
-
-def start_clock() -> Callable[[], float]:
-    """A function giving now in the process start clock, in seconds (what :class:`PhaseSpan`
-    holds): ``CLOCK_BOOTTIME`` on Linux, where start ticks count from boot; elsewhere
-    the wall clock, as psutil's create times are."""
-    if sys.platform.startswith("linux"):
-        return functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
-    return time.time

@@ -67,11 +67,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.core.procfs import LastPid, stat_fields
@@ -209,9 +209,11 @@ def direct_children(pid: int) -> list[int]:
         return []
 
 
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """One test's span, in start ticks: from the start of setup to the end of teardown."""
+class Span(NamedTuple):
+    """One test's span, in start ticks: from the start of setup to the end of teardown.
+
+    A named tuple: one per test, as cheap to define as to make.
+    """
 
     nodeid: str
     begin_tick: int
@@ -222,9 +224,11 @@ class Span:
         return self.begin_tick <= tick and (self.end_tick is None or tick <= self.end_tick)
 
 
-@dataclasses.dataclass(frozen=True)
-class Seen:
-    """A process the recorder saw at a boundary: who it first hung under, and its owners."""
+class Seen(NamedTuple):
+    """A process the recorder saw at a boundary: who it first hung under, and its owners.
+
+    A named tuple, as psutil's per-process results are: made by the hundred.
+    """
 
     pid: int
     start_tick: int

@@ -9,11 +9,10 @@ carries the session id. Processes are never looked up by name.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessTable
@@ -45,9 +44,11 @@ def new_session_id() -> str:
     return f"lh-{os.urandom(8).hex()}"
 
 
-@dataclasses.dataclass(frozen=True)
-class MarkedProcess:
-    """A live process whose starting environment carries the session id."""
+class MarkedProcess(NamedTuple):
+    """A live process whose starting environment carries the session id.
+
+    A named tuple, as psutil's per-process results are: made by the hundred.
+    """
 
     pid: int
     create_time: float

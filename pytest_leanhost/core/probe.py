@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
+from typing import NamedTuple
 
 from pytest_leanhost.core.procfs import stat_fields
 from pytest_leanhost.core.registry import RegistryEntry
@@ -44,9 +45,11 @@ _PROC = "/proc"
 FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessInfo:
-    """What the table knows of one process: enough to judge a record."""
+class ProcessInfo(NamedTuple):
+    """What the table knows of one process: enough to judge a record.
+
+    A named tuple, as psutil's per-process results are: made by the hundred.
+    """
 
     pid: int
     ppid: int

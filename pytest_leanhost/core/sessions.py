@@ -19,18 +19,25 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shlex
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_leanhost.core.ledger import (
+    LEDGER_SCHEMA_VERSION,
+    SESSIONS_ENV,
+    SessionsDirError,
+    is_session_id,
+    ledger_bytes,
+    ledger_names,
+    remove_ledger,
+    sessions_dir,
+    write_ledger,
+)
 from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
-from pytest_leanhost.core.probe import ProcessTable, create_time_of
-from pytest_leanhost.files import write_atomically
-from pytest_leanhost.record import directory_from_env
+from pytest_leanhost.core.probe import ProcessTable
 
 # psutil loads only to describe or stop a leftover: writing the ledger and a scan that
 # finds no earlier session (every normal run's session start) do without it.
@@ -58,17 +65,6 @@ __all__ = [
     "write_ledger",
 ]
 
-#: Overrides the per-user sessions directory (the project's own tests use it).
-SESSIONS_ENV = "LEANHOST_SESSIONS_DIR"
-LEDGER_SCHEMA_VERSION = 1
-
-# A session id names a file: letters, digits, '.', '_' and '-', never a leading dot.
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-
-
-class SessionsDirError(Exception):
-    """The sessions directory is misconfigured or cannot be read."""
-
 
 @dataclasses.dataclass(frozen=True)
 class LedgerEntry:
@@ -84,16 +80,14 @@ class LedgerEntry:
 
     def to_json_bytes(self) -> bytes:
         """The entry as the file holds it (two-space indented JSON)."""
-        data = {
-            "schema_version": LEDGER_SCHEMA_VERSION,
-            "session_id": self.session_id,
-            "pytest_pid": self.pytest_pid,
-            "pytest_create_time": self.pytest_create_time,
-            "started_unix": self.started_unix,
-            "cwd": self.cwd,
-            "argv": list(self.argv),
-        }
-        return (json.dumps(data, indent=2) + "\n").encode()
+        return ledger_bytes(
+            self.session_id,
+            self.pytest_pid,
+            self.pytest_create_time,
+            self.started_unix,
+            self.cwd,
+            self.argv,
+        )
 
     @classmethod
     def from_json_bytes(cls, data: bytes, path: str) -> LedgerEntry:
@@ -105,7 +99,7 @@ class LedgerEntry:
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")
         session_id = _field(obj, "session_id", str)
-        if not _SESSION_ID.fullmatch(session_id):
+        if not is_session_id(session_id):
             raise ValueError(f"session_id {session_id!r} is not a session id")
         pid = _field(obj, "pytest_pid", int)
         if pid <= 0:
@@ -175,86 +169,15 @@ class StopResult:
     reason: str = ""
 
 
-def sessions_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The per-user sessions directory.
-
-    ``$LEANHOST_SESSIONS_DIR`` when set, else ``<user cache dir>/pytest-leanhost/sessions``
-    (platformdirs' ``user_cache_dir()`` with no app name, as the registry default).
-    An empty variable is an error: it would otherwise mean the current directory.
-    """
-    return directory_from_env(
-        environ, SESSIONS_ENV, ("pytest-leanhost", "sessions"), error=SessionsDirError
-    )
-
-
-def _ledger_path(directory: Path, session_id: str) -> Path:
-    if not _SESSION_ID.fullmatch(session_id):
-        raise ValueError(f"{session_id!r} is not a session id")
-    return directory / f"{session_id}.json"
-
-
-def write_ledger(
-    session_id: str,
-    *,
-    directory: Path | None = None,
-    pid: int | None = None,
-    argv: Sequence[str] | None = None,
-    cwd: str | None = None,
-) -> Path:
-    """Write this session's ledger entry (atomically) and return its path.
-
-    Names the pytest process (``pid``, default this process) with its create time,
-    so that a later reader can prove it gone even if the PID is reused. The
-    directory is created private to the user (mode 0700).
-    """
-    target = sessions_dir() if directory is None else directory
-    path = _ledger_path(target, session_id)
-    created = not target.is_dir()
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if created:
-        target.chmod(0o700)  # mkdir's mode is masked by the umask
-    own = os.getpid() if pid is None else pid
-    entry = LedgerEntry(
-        session_id=session_id,
-        pytest_pid=own,
-        pytest_create_time=create_time_of(own),
-        started_unix=time.time(),
-        cwd=os.getcwd() if cwd is None else cwd,
-        argv=tuple(sys.argv if argv is None else argv),
-    )
-    write_atomically(path, entry.to_json_bytes())
-    return path
-
-
-def remove_ledger(session_id: str, *, directory: Path | None = None) -> bool:
-    """Remove this session's ledger entry at a normal end; ``False`` when there was none."""
-    target = sessions_dir() if directory is None else directory
-    try:
-        _ledger_path(target, session_id).unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def read_ledger(directory: Path) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
     """Every ledger entry in ``directory``, and every ``.json`` file that is not one.
 
     A missing directory holds nothing; one that exists but cannot be listed
     raises :class:`SessionsDirError`. Symlinks are not followed.
     """
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return [], []
-    except OSError as exc:
-        raise SessionsDirError(
-            f"cannot read sessions directory {directory}: {exc.strerror or exc}"
-        ) from None
     entries: list[LedgerEntry] = []
     problems: list[LedgerProblem] = []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue  # temporary files of an atomic write, or not ours
+    for name in ledger_names(directory):
         path = directory / name
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

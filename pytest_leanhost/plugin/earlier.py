@@ -1,13 +1,14 @@
 """The session ledger in the plugin: what a run killed outright left, found by the next run.
 
 The controller (never an xdist worker) scans the ledger at session start
-(:func:`~pytest_leanhost.core.sessions.scan_earlier_sessions`), then writes its
-own entry, and removes it at a normal or interrupted end. What earlier runs
-left is reported (``leanhost: left by an earlier run``, and ``earlier_sessions``
-in the JSON report); ini ``leanhost_earlier_sessions`` says whether it also
-fails the run (``fail``) or is stopped (``terminate``: exact PIDs, create time
-and session marker checked right before the signal). A sessions directory
-that cannot be used is one line in the summary, never an error of the run.
+(:func:`~pytest_leanhost.core.sessions.scan_earlier_sessions`, when it holds
+another session's entry), then writes its own entry, and removes it at a
+normal or interrupted end. What earlier runs left is reported (``leanhost:
+left by an earlier run``, and ``earlier_sessions`` in the JSON report); ini
+``leanhost_earlier_sessions`` says whether it also fails the run (``fail``) or
+is stopped (``terminate``: exact PIDs, create time and session marker checked
+right before the signal). A sessions directory that cannot be used is one
+line in the summary, never an error of the run.
 """
 
 from __future__ import annotations
@@ -62,21 +63,26 @@ class EarlierRuns:
         self._directory: Path | None = None
 
     def start(self, session_id: str) -> None:
-        """Scan for earlier runs' leftovers, act as the mode says, then write our entry."""
-        from pytest_leanhost.core.sessions import (
-            SessionsDirError,
-            scan_earlier_sessions,
-            sessions_dir,
-            terminate_leftovers,
-            write_ledger,
-        )
+        """Scan for earlier runs' leftovers, act as the mode says, then write our entry.
+
+        Rule: only a directory holding another session's entry is scanned (the
+        entries read, the process table looked at); an empty one costs one listing.
+        """
+        from pytest_leanhost.core.ledger import SessionsDirError, ledger_names, sessions_dir
 
         try:
             directory = sessions_dir()
-            scan = scan_earlier_sessions(session_id, directory=directory)
+            if ledger_names(directory):
+                self._scan(session_id, directory)
         except (SessionsDirError, OSError) as exc:
             self.problems.append(f"leanhost: sessions ledger not used: {exc}")
             return
+        self._write(session_id, directory)
+
+    def _scan(self, session_id: str, directory: Path) -> None:
+        from pytest_leanhost.core.sessions import scan_earlier_sessions, terminate_leftovers
+
+        scan = scan_earlier_sessions(session_id, directory=directory)
         self.problems.extend(
             f"leanhost: sessions ledger: {problem.path}: {problem.reason}"
             for problem in scan.problems
@@ -86,6 +92,10 @@ class EarlierRuns:
             for result in terminate_leftovers(scan.leftovers, self.shutdown_timeout):
                 actions[result.leftover.pid] = result.action
         self.leftovers = [_leftover(item, actions.get(item.pid, "none")) for item in scan.leftovers]
+
+    def _write(self, session_id: str, directory: Path) -> None:
+        from pytest_leanhost.core.ledger import write_ledger
+
         try:
             write_ledger(session_id, directory=directory)
         except OSError as exc:
@@ -97,7 +107,7 @@ class EarlierRuns:
         """Remove our ledger entry (a normal or interrupted end); idempotent."""
         if self._session_id is None:
             return
-        from pytest_leanhost.core.sessions import remove_ledger
+        from pytest_leanhost.core.ledger import remove_ledger
 
         try:
             remove_ledger(self._session_id, directory=self._directory)

@@ -10,13 +10,30 @@ session-scoped fixture, collection or another hook (``session``).
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from pytest_leanhost.core.explain import Phase, PhaseSpan, start_clock
+# The explanation's module loads only when a leak needs the spans.
+if TYPE_CHECKING:
+    from pytest_leanhost.core.explain import Phase, PhaseSpan
 
-__all__ = ["PhaseClock"]
+__all__ = ["PhaseClock", "start_clock"]
+
+
+def start_clock() -> Callable[[], float]:
+    """Now in the process start clock, in seconds (what a ``PhaseSpan`` holds).
+
+    ``CLOCK_BOOTTIME`` on Linux, where start ticks count from boot; elsewhere the
+    wall clock, as psutil's create times are.
+    """
+    if sys.platform.startswith("linux"):
+        return functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+    return time.time
 
 
 class PhaseClock:
@@ -30,6 +47,8 @@ class PhaseClock:
     @property
     def spans(self) -> list[PhaseSpan]:
         """Every phase timed so far: each runs from its start to the next mark of its test."""
+        from pytest_leanhost.core.explain import PhaseSpan
+
         spans: list[PhaseSpan] = []
         marks = self._marks
         for index, (nodeid, phase, start) in enumerate(marks):

@@ -14,6 +14,9 @@ from typing import Literal, cast
 
 import pytest
 
+from pytest_leanhost.client.rules import ALL_RULES
+from pytest_leanhost.client.rules import parse_rules as parse
+
 #: The readiness modes (``pytest_leanhost.client.spawn.READY_MODES``, kept light here).
 READY_MODES = ("record", "initialize", "port", "auto")
 #: What to do about processes an earlier, killed run left (``plugin.earlier.EARLIER_MODES``).
@@ -21,8 +24,6 @@ EARLIER_MODES = ("report", "fail", "terminate")
 #: When leaks are judged: once at session end, or each test right after its teardown too.
 CheckMode = Literal["session", "test"]
 CHECK_MODES: tuple[CheckMode, ...] = ("session", "test")
-#: The contract rules checked at teardown (``pytest_leanhost.client.contract.ALL_RULES``).
-CONTRACT_RULES = (1, 2, 3, 5, 6)
 
 __all__ = ["DEFAULT_SETTINGS", "SETTINGS_KEY", "Settings", "add_options", "read_settings"]
 
@@ -40,7 +41,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     grace: float = 1.0
     ready: str = "auto"
-    contract_rules: tuple[int, ...] = CONTRACT_RULES
+    contract_rules: tuple[int, ...] = ALL_RULES
     earlier_sessions: str = "report"
     subreaper: bool = True
     watch_registries: tuple[str, ...] = ()
@@ -215,8 +216,6 @@ def _ready(config: pytest.Config) -> str:
 
 def parse_rules(value: object, source: str) -> tuple[int, ...]:
     """``all``/None: every rule; ``none``: none; numbers: those; else a usage error."""
-    from pytest_leanhost.client.contract import parse_rules as parse
-
     try:
         return parse(value)  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
