@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.procfs import LastPid, stat_fields
+from pytest_leanhost.core.procfs import LastPid, TaskChildren, stat_fields
 
 __all__ = [
     "PR_GET_CHILD_SUBREAPER",
@@ -260,6 +260,8 @@ class Lineage:
         self._counter = LastPid() if last_pid is None else None
         self._last_pid = self._counter.read if self._counter is not None else last_pid
         self._walked_at: int | None = None
+        #: The root's own children, read through files kept open (Linux).
+        self._root_children = TaskChildren(self.root) if _LINUX else None
         #: ``(node id, begin tick, end tick or None)``: plain tuples, made into
         #: :class:`Span` only when asked (twice per test, so it must be cheap).
         self._spans: list[tuple[str, int, int | None]] = []
@@ -280,9 +282,11 @@ class Lineage:
         return self._last_tick
 
     def close(self) -> None:
-        """Close the kernel's PID counter; later boundaries walk every time."""
+        """Close the files kept open (the PID counter, the root's children)."""
         if self._counter is not None:
             self._counter.close()
+        if self._root_children is not None:
+            self._root_children.close()
 
     @property
     def running(self) -> str | None:
@@ -330,7 +334,10 @@ class Lineage:
         self.walks += 1
         opening = self._last_tick
         # Breadth first, so a parent is identified (and owned) before its children.
-        queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in direct_children(self.root)]
+        roots = self._root_children.read() if self._root_children is not None else None
+        if roots is None:
+            roots = direct_children(self.root)
+        queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in roots]
         while queue:
             parent, pid = queue.pop(0)
             tick = start_tick(pid)

@@ -1,11 +1,13 @@
 """The test phases in the process start clock, so a leaked process's start names its phase.
 
-Four plain hooks note, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
+The clock notes, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
 process's start tick), when each test's setup, call and teardown began and when
-its protocol finished: one clock read and one list append each, so a
-5,000-test run pays a few milliseconds. The spans are built only when a leak
-needs them. A process whose start tick falls in no test phase started in a
-session-scoped fixture, collection or another hook (``session``).
+its protocol finished: one clock read and one list append each. The session's
+own protocol wrapper marks the start of setup and the end (direct calls, no
+hook to dispatch); two plain hooks mark the call and the teardown. The spans
+are built only when a leak needs them. A process whose start tick falls in no
+test phase started in a session-scoped fixture, collection or another hook
+(``session``).
 """
 
 from __future__ import annotations
@@ -59,10 +61,9 @@ class PhaseClock:
                 spans.append(PhaseSpan(nodeid, phase, start, following[2]))
         return spans
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """Setup begins (fixtures being set up)."""
-        self._marks.append((item.nodeid, "setup", self._now()))
+    def begin(self, nodeid: str) -> None:
+        """Setup begins (the session's protocol wrapper, before any fixture)."""
+        self._marks.append((nodeid, "setup", self._now()))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
@@ -74,7 +75,6 @@ class PhaseClock:
         """The call ended (or was skipped), teardown begins."""
         self._marks.append((item.nodeid, "teardown", self._now()))
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_logfinish(self, nodeid: str) -> None:
-        """The test's protocol finished: its teardown ended."""
+    def end(self, nodeid: str) -> None:
+        """The test's protocol finished: its teardown ended (the session's protocol wrapper)."""
         self._marks.append((nodeid, "end", self._now()))

@@ -196,7 +196,8 @@ class LeanhostSession:
         """
         assert self.state is not None
         nodeid = item.nodeid
-        lineage, spans = self.lineage, self._spans_file
+        lineage, spans, phases = self.lineage, self._spans_file, self.phases
+        phases.begin(nodeid)
         # The span opens before anything of the test runs, fixtures included: a
         # process a module or session fixture starts belongs to the test whose setup ran it.
         if lineage is not None:
@@ -214,6 +215,7 @@ class LeanhostSession:
             self._end_tests()
             raise
         finally:
+            phases.end(nodeid)
             if lineage is not None:
                 lineage.end(nodeid)
                 if spans is not None:
