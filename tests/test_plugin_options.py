@@ -6,6 +6,8 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
+from pathlib import Path
+
 import pytest
 
 # A child that lives until the pytest that started it exits: a leak for that run's
@@ -223,10 +225,14 @@ def test_every_option_and_fixture_is_documented(pytester: pytest.Pytester) -> No
     assert "@pytest.mark.leanhost_allow(*kinds)" in markers
 
 
-def test_the_doctor_section_lists_records_by_test(pytester: pytest.Pytester) -> None:
+def test_the_doctor_section_lists_only_registries_that_held_a_record_and_the_watched_ones(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    watched = tmp_path / "watched"
     pytester.makepyfile(
         test_doc="""
 import os, subprocess, sys
+import pytest
 HELD = []
 CODE = (
     "import sys; from pytest_leanhost.record import register_server_process as r;"
@@ -238,19 +244,36 @@ def test_holds_server():
     )
     child.stdout.readline()
     HELD.append(child)
+
+@pytest.mark.parametrize("n", range(12))
+def test_clean_server(leanhost_server, n):
+    leanhost_server().initialize()
 """
     )
     result = pytester.runpytest_subprocess(
-        "-p", "leanhost", "--leanhost-doctor", "-o", "leanhost_grace=0.2"
+        "-p",
+        "leanhost",
+        "--leanhost-doctor",
+        "-o",
+        "leanhost_grace=0.2",
+        "-o",
+        f"leanhost_watch_registries={watched}",
     )
+    out = result.stdout.str()
     result.stdout.fnmatch_lines(
         [
             "*= leanhost doctor =*",
             "test_doc.py::test_holds_server (registry *):",
             "pid=* alive=true executable_match=yes transport=stdio bind=- http_path=- *",
+            "(12 other registries of the session held no record)",
             "default registry *:",
+            "  (no records)",
+            f"watched registry {watched}:",
+            "  (no records)",
         ]
     )
+    # Twelve clean tests, and not one line of their own in the doctor section.
+    assert "test_clean_server" not in out.split("leanhost doctor")[1]
 
 
 def test_leaks_become_github_annotations_and_a_junit_failure(

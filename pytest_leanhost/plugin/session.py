@@ -484,22 +484,23 @@ class LeanhostSession:
             tr.line(line, red=earlier.fails_run)
 
     def _default_registry_lines(self) -> list[str]:
+        """The user's default registry, then the other watched ones, each as the doctor sees it."""
         environ = dict(os.environ)
         environ.pop(REGISTRY_ENV, None)
         if self._user_registry_env is not None:
             environ[REGISTRY_ENV] = self._user_registry_env
+        default: Path | None = None
         try:
-            registry = registry_dir(environ)
+            default = registry_dir(environ)
         except RegistryError as exc:
-            return [f"default registry: {exc}"]
-        from pytest_leanhost.core.doctor import inspect_registry, render_text
-        from pytest_leanhost.core.registry import RegistryUnreadableError
-
-        try:
-            text = render_text(inspect_registry(registry))
-        except RegistryUnreadableError as exc:
-            return [f"default registry {registry}: {exc}"]
-        return [f"default registry {registry}:", *(text.splitlines() or ["  (no records)"])]
+            lines = [f"default registry: {exc}"]
+        else:
+            lines = _registry_lines("default registry", default)
+        watched = self._watched[0].directories if self._watched is not None else ()
+        for registry in watched:
+            if registry != default:
+                lines.extend(_registry_lines("watched registry", registry))
+        return lines
 
     # -- unconfigure -------------------------------------------------------------
 
@@ -613,12 +614,34 @@ def _watched_registries() -> list[str]:
 
 
 def _doctor_lines(checked: SessionCheck) -> list[str]:
-    """The doctor lines of every registry the session used, by test, before any cleanup."""
+    """The doctor lines of each registry of the session that held a record, before any cleanup.
+
+    Rule: a registry that held nothing gets no lines of its own, only a count,
+    so the section of a 5,000-test run is as long as what it found.
+    """
     from pytest_leanhost.core.doctor import render_text
 
     lines: list[str] = []
+    empty = 0
     for registry, judged in sorted(checked.judged.items()):
+        if not judged:
+            empty += 1
+            continue
         nodeid = checked.nodeids.get(registry)
         lines.append(f"{nodeid or Path(registry).name} (registry {registry}):")
-        lines.extend(render_text(judged).splitlines() or ["  (no records)"])
+        lines.extend(render_text(judged).splitlines())
+    if empty:
+        lines.append(f"({empty} other registries of the session held no record)")
     return lines
+
+
+def _registry_lines(label: str, registry: Path) -> list[str]:
+    """One registry outside the session's, as ``leanhost doctor processes`` shows it."""
+    from pytest_leanhost.core.doctor import inspect_registry, render_text
+    from pytest_leanhost.core.registry import RegistryUnreadableError
+
+    try:
+        text = render_text(inspect_registry(registry))
+    except RegistryUnreadableError as exc:
+        return [f"{label} {registry}: {exc}"]
+    return [f"{label} {registry}:", *(text.splitlines() or ["  (no records)"])]
