@@ -271,3 +271,45 @@ def test_leaves_a_server_with_a_worker():
     assert nested
     assert nested[0].lstrip().startswith("└─ leaked_process ")
     inner.assert_nothing_left()
+
+
+@linux_only
+def test_an_orphaned_server_whose_launcher_died_unseen_is_reparented_by_its_record(
+    inner: InnerPytest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = observed(tmp_path, monkeypatch)
+    inner.pytester.makepyfile(
+        test_orphan=HELPERS
+        + """
+import sys
+from pytest_leanhost.plugin.fixtures import reference_server_command
+
+LAUNCHER = '''
+import os, subprocess, sys, time
+server = subprocess.Popen([*sys.argv[2:], "--fault", "ignore-parent-loss"])
+record = os.path.join(sys.argv[1], f"{server.pid}.json")
+while not os.path.exists(record):
+    time.sleep(0.005)
+print(server.pid, flush=True)
+'''
+
+def test_orphans_a_server():
+    registry = os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, registry, *reference_server_command()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    server = int(launcher.stdout.readline())
+    launcher.wait(10)  # it died inside this test: no boundary saw the server under it
+    HELD.append(launcher)  # holds the pipe the orphan reads as its stdin
+    write_down("server", server)
+"""
+    )
+    run = inner.run()
+    server = int((seen / "server").read_text())
+    finding = only_finding(run.report, "orphaned_server")
+    assert finding["pid"] == server
+    # Its record named the launcher as its parent; pytest, the subreaper, is now.
+    record = Path(finding["record"])
+    assert record.name == f"{server}.json"
+    assert "reparented" in finding["process"]["escaped"]

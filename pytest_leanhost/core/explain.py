@@ -296,6 +296,11 @@ def _detail(
     # reparented, even when no first-seen parent is known (init never carries our marker).
     if first_parent is None and current_parent == 1 and root_pid != 1:
         words.add("reparented")
+    # A server's record names the parent it had when it registered: another one now
+    # means it was adopted (by pytest, the subreaper, when its launcher exited unseen).
+    recorded_parent = _recorded_parent(target.data if target is not None else None)
+    if recorded_parent is not None and current_parent not in (None, recorded_parent):
+        words.add("reparented")
     known = {pid: first_parent} if first_parent is not None else {}
     chain = ancestry(pid, known, table, root=root_pid)
     return ProcessDetail(
@@ -309,6 +314,18 @@ def _detail(
         escaped=tuple(word for word in _ESCAPES if word in words),
         descendants=_descendants(pid, table),
     )
+
+
+def _recorded_parent(data: bytes | None) -> int | None:
+    """``parent_pid_at_start`` of the judged record's bytes, when they parse."""
+    if data is None:
+        return None
+    from pytest_leanhost.record import ProcessRecord
+
+    try:
+        return ProcessRecord.from_json_bytes(data).parent_pid_at_start
+    except ValueError:  # RecordError among them: a corrupt record says nothing
+        return None
 
 
 def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
