@@ -346,3 +346,43 @@ def test_an_adopted_worker_stopped_at_teardown_is_reaped_and_its_popen_parent_is
         assert f"pid={leaked.pid} transport=- action=terminated" in errors["test_leaks_a_tree"]
     assert run.report["findings"] == [], output
     inner.assert_nothing_left()
+
+
+TEARDOWN_LEAK = (
+    SCRUBBED_HELPERS
+    + r"""
+import pytest
+
+@pytest.fixture
+def starts_at_teardown():
+    yield
+    # The phase is judged by the start tick: start in a tick that began in teardown.
+    first = ticks()
+    wait_until(lambda: ticks() > first)
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    HELD.append(child)
+    write_down(child.pid, "teardown")
+
+def test_leaks_from_its_teardown(starts_at_teardown):
+    pass
+"""
+)
+
+
+@needs_lineage
+@pytest.mark.parametrize("check", ["test", "session"])
+def test_a_process_its_teardown_started_is_explained_as_started_in_teardown(
+    pytester: pytest.Pytester, inner: InnerPytest, check: str
+) -> None:
+    pytester.makepyfile(test_suite=TEARDOWN_LEAK)
+    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
+    output = run.result.stdout.str()
+    (leaked,) = read_log(pytester.path / "leaked-teardown.pid")
+    text = (
+        teardown_errors(output).get("test_leaks_from_its_teardown") if check == "test" else output
+    )
+    assert text is not None, output
+    assert f"{leaked.pid} sleep 300  (age " in text, output
+    # Per test as at session end: the phase that started it, not the last one closed.
+    assert "started in teardown)" in text, output
+    inner.assert_nothing_left()
