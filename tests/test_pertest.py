@@ -8,12 +8,14 @@ cache, the JUnit file, ``-x``) and by the PIDs the inner processes wrote down
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from tests.inner_runs import InnerPytest
+from tests.pidlog import read_log
 
 SUITE = """
 import subprocess, sys
@@ -144,3 +146,243 @@ def test_a_bad_check_mode_is_one_usage_line(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if line.strip()]
     assert lines == ["ERROR: leanhost: --leanhost-check 'bogus' must be one of session, test"]
+
+
+# Launchers that drop the environment: the leaked process keeps no marker, only lineage
+# knows it. Neither child can write itself down through the PID-log site (its PYTHONPATH
+# is gone), so the test writes the PID and start tick down: in the PID log, for the
+# outer test's /proc check, and in a file named after the test, so the outer test knows
+# which teardown must name which PID.
+SCRUBBED_HELPERS = r'''
+import os, subprocess, sys, time
+
+LOG = os.environ["LEANHOST_TESTS_PID_LOG"]
+HELD = []
+WAIT = r"""
+import os, sys, time
+data = open("/proc/self/stat", "rb").read()
+start = data[data.rfind(b")") + 2:].split()[19].decode()
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"{os.getpid()} {start}\n".encode())
+    os.close(fd)
+time.sleep(300)
+"""
+DOUBLE_FORK = r"""
+import os, sys
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+os.execv(sys.executable, [sys.executable, "-c", *sys.argv[1:]])
+"""
+
+def start_of(pid):
+    data = open(f"/proc/{pid}/stat", "rb").read()
+    return data[data.rfind(b")") + 2:].split()[19].decode()
+
+def ticks():
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+def wait_until(condition):
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.001)
+
+def write_down(pid, name):
+    """Write the child down; then let its start tick pass (the phase is judged by it)."""
+    start = start_of(pid)
+    line = f"{pid} {start}\n"
+    with open(LOG, "a") as log:
+        log.write(line)
+    with open(f"leaked-{name}.pid", "w") as own:
+        own.write(line)
+    wait_until(lambda: ticks() > int(start))
+'''
+
+SCRUBBED = (
+    SCRUBBED_HELPERS
+    + r'''
+def clean_scrubbed_child():
+    """Start children that drop the environment, and wait for each: nothing is left."""
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    child.kill()
+    child.wait()
+    subprocess.run(["setsid", "env", "-i", sys.executable, "-c", "pass"], check=True)
+
+def test_clean_before():
+    clean_scrubbed_child()
+
+def test_popen_env_dropped():
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    HELD.append(child)
+    write_down(child.pid, "test_popen_env_dropped")
+
+def test_clean_between():
+    clean_scrubbed_child()
+
+def test_setsid_double_fork_env_i():
+    note = os.path.abspath("note-setsid")
+    open(note, "w").close()
+    subprocess.run(
+        ["setsid", "env", "-i", sys.executable, "-c", DOUBLE_FORK, WAIT, note], check=True
+    )
+    wait_until(lambda: os.path.getsize(note) > 0)
+    pid = int(open(note).read().split()[0])
+    write_down(pid, "test_setsid_double_fork_env_i")
+
+def test_clean_after():
+    clean_scrubbed_child()
+'''
+)
+
+SCRUBBED_LEAKERS = ["test_popen_env_dropped", "test_setsid_double_fork_env_i"]
+
+needs_lineage = pytest.mark.skipif(
+    not os.path.isdir("/proc"), reason="lineage needs Linux child subreapers"
+)
+
+
+def teardown_errors(output: str) -> dict[str, str]:
+    """Each "ERROR at teardown of NAME" section of pytest's output, by test name."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if "ERROR at teardown of " in line:
+            current = sections.setdefault(line.split("ERROR at teardown of ", 1)[1].strip(" _"), [])
+        elif line.startswith(("_____", "=====")):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+@needs_lineage
+@pytest.mark.parametrize("xdist", [[], ["-p", "xdist", "-n", "2"]], ids=["alone", "xdist"])
+def test_a_leak_whose_launcher_dropped_the_environment_is_an_error_at_its_own_teardown(
+    pytester: pytest.Pytester, inner: InnerPytest, xdist: list[str]
+) -> None:
+    if xdist:
+        pytest.importorskip("xdist")
+    pytester.makepyfile(test_suite=SCRUBBED)
+    run = inner.run("-p", "no:randomly", "--leanhost-check=test", *xdist)
+    output = run.result.stdout.str()
+    errors = teardown_errors(output)
+    # Exactly the two leaking tests, each at its own teardown; no clean neighbour.
+    assert sorted(errors) == SCRUBBED_LEAKERS, output
+    run.result.assert_outcomes(passed=5, errors=2)
+    for name in SCRUBBED_LEAKERS:
+        (leaked,) = read_log(pytester.path / f"leaked-{name}.pid")
+        text = errors[name]
+        assert f"leaked_process test_suite.py::{name} pid={leaked.pid} " in text, text
+        assert f"pid={leaked.pid} transport=- action=terminated" in text, text
+        # The same explanation as at session end: started in the call, found by lineage.
+        assert "started in call" in text, text
+        escaped = [line for line in text.splitlines() if "escaped=" in line]
+        assert escaped, text
+        assert "environment_dropped" in escaped[0], text
+        if name == "test_setsid_double_fork_env_i":
+            assert "new_session" in escaped[0], text
+        # Named under no other test's teardown.
+        others = [other for other_name, other in errors.items() if other_name != name]
+        assert all(f"pid={leaked.pid} " not in other for other in others), output
+    # Stopped at teardown, so the session end reports nothing a second time.
+    assert run.report["findings"] == [], output
+    assert "leanhost: no leaks" in output, output
+    inner.assert_nothing_left()
+
+
+# A scrubbed Popen child that starts a worker of its own: at teardown the recorder sees
+# the worker below its parent, so once cleanup has stopped both, the worker is an
+# adopted zombie of pytest (the plugin's to reap), the parent a zombie its Popen waits for.
+TREE = (
+    SCRUBBED_HELPERS
+    + r"""
+INTERMEDIATE = '''
+import subprocess, sys, time
+worker = subprocess.Popen(["sleep", "300"])
+print(worker.pid, flush=True)
+time.sleep(300)
+'''
+
+def test_leaks_a_tree():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", INTERMEDIATE], env={"PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE, text=True,
+    )
+    HELD.append(parent)
+    write_down(parent.pid, "parent")
+    write_down(int(parent.stdout.readline()), "worker")
+
+def test_after_the_tree():
+    # Its exit status stayed with its waiter (a reaped child would read as 0): the
+    # plugin never reaps what pytest forked.
+    assert HELD[0].wait(timeout=30) in (-15, -9)
+    pid, start = open("leaked-worker.pid").read().split()
+    try:
+        fields = open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return  # reaped: the PID names no process
+    # Reaped, or the PID now names another process; never left as this pytest's zombie.
+    assert fields[19].decode() != start, fields[0]
+"""
+)
+
+
+@needs_lineage
+def test_an_adopted_worker_stopped_at_teardown_is_reaped_and_its_popen_parent_is_not(
+    pytester: pytest.Pytester, inner: InnerPytest
+) -> None:
+    pytester.makepyfile(test_suite=TREE)
+    run = inner.run("-p", "no:randomly", "--leanhost-check=test")
+    output = run.result.stdout.str()
+    errors = teardown_errors(output)
+    assert sorted(errors) == ["test_leaks_a_tree"], output
+    run.result.assert_outcomes(passed=2, errors=1)
+    for name in ("parent", "worker"):
+        (leaked,) = read_log(pytester.path / f"leaked-{name}.pid")
+        assert f"pid={leaked.pid} transport=- action=terminated" in errors["test_leaks_a_tree"]
+    assert run.report["findings"] == [], output
+    inner.assert_nothing_left()
+
+
+TEARDOWN_LEAK = (
+    SCRUBBED_HELPERS
+    + r"""
+import pytest
+
+@pytest.fixture
+def starts_at_teardown():
+    yield
+    # The phase is judged by the start tick: start in a tick that began in teardown.
+    first = ticks()
+    wait_until(lambda: ticks() > first)
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    HELD.append(child)
+    write_down(child.pid, "teardown")
+
+def test_leaks_from_its_teardown(starts_at_teardown):
+    pass
+"""
+)
+
+
+@needs_lineage
+@pytest.mark.parametrize("check", ["test", "session"])
+def test_a_process_its_teardown_started_is_explained_as_started_in_teardown(
+    pytester: pytest.Pytester, inner: InnerPytest, check: str
+) -> None:
+    pytester.makepyfile(test_suite=TEARDOWN_LEAK)
+    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
+    output = run.result.stdout.str()
+    (leaked,) = read_log(pytester.path / "leaked-teardown.pid")
+    text = (
+        teardown_errors(output).get("test_leaks_from_its_teardown") if check == "test" else output
+    )
+    assert text is not None, output
+    assert f"{leaked.pid} sleep 300  (age " in text, output
+    # Per test as at session end: the phase that started it, not the last one closed.
+    assert "started in teardown)" in text, output
+    inner.assert_nothing_left()

@@ -1,12 +1,17 @@
 """``--leanhost-check=test``: each test's leaks as an error at its own teardown.
 
 Right after a test's teardown, its own registry and the processes it started
-(their starting environment carries the session id and ``LEANHOST_NODEID`` of
-the test) get the grace to go away; what is left turns the teardown report into
-a failed one, so ``--lf``, ``-x``, ``--maxfail`` and JUnit see it under that
-test. The findings are cleaned up by the session check's own ``clean_up``
-(exact PIDs, create time checked) and not reported again at session end; what
-appears only later is still caught there.
+get the grace to go away; what is left turns the teardown report into a failed
+one, so ``--lf``, ``-x``, ``--maxfail`` and JUnit see it under that test. The
+processes it started are those whose starting environment carries the session
+id and ``LEANHOST_NODEID`` of the test, and, when the session records lineage
+(Linux, pytest a child subreaper), those the lineage recorder attributes to the
+test, so a launcher that dropped the environment (``Popen(env=...)``, ``env
+-i``, the MCP SDKs' stdio clients, a ``setsid`` double fork) hides nothing. The
+findings are explained and cleaned up as at session end (``explain_findings``
+with the lineage's origins, the check's own ``clean_up``: exact PIDs, create
+time checked; the session's reaping rule for adopted processes it stopped) and
+not reported again at session end; what appears only later is still caught there.
 
 A test that starts nothing must cost next to nothing, so the check first asks
 the kernel whether any PID was handed out during the test at all: on Linux the
@@ -14,8 +19,10 @@ last PID allocated in the PID namespace (5th field of ``/proc/loadavg``), read
 before setup and after teardown. Unchanged: no process or thread was created
 anywhere, and only the registry is looked at (one ``scandir``). Changed: only
 the PIDs handed out in between can be the test's, and only their starting
-environments are read. Only when one of them carries the test's markers, or
-the registry holds something, are the process table and psutil touched. Other
+environments are read, and, with lineage, the tree below pytest is walked once
+(:meth:`~pytest_leanhost.core.lineage.Lineage.boundary`) and each of them is
+looked up in what it recorded. Only when one of them is the test's, or the
+registry holds something, are the process table and psutil touched. Other
 platforms have no such counter and read the table after every test.
 """
 
@@ -23,16 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV
-from pytest_leanhost.core.procfs import LastPid, pids_between
+from pytest_leanhost.core.procfs import LastPid, pids_between, stat_fields
 
 if TYPE_CHECKING:
-    from pytest_leanhost.core.check import Finding
+    from pytest_leanhost.core.check import Finding, LineageView
+    from pytest_leanhost.core.explain import PhaseSpan
+    from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.plugin.session import LeanhostSession
 
 __all__ = ["PerTestCheck", "ReportedKey", "reported_key"]
@@ -101,15 +110,24 @@ class PerTestCheck:
         nodeid = item.nodeid
         registry = state.registry_path(nodeid) if self.session.settings.isolate else None
         holds = registry is not None and _holds_something(registry)
+        lineage = self.session.lineage
         before, after = self._last_pid, self._clock.read()
         if before is not None and after is not None:
             if not holds and after == before:
                 return []  # no PID was handed out: the test started nothing
-            suspects = _marked(pids_between(before, after), state.session_id, nodeid)
+            pids = pids_between(before, after)
+            suspects = _marked(pids, state.session_id, nodeid)
+            if lineage is not None:
+                # Rule: only a PID handed out during the test can be a process born in it.
+                lineage.boundary()
+                suspects |= _owned(lineage, pids, nodeid)
             if not holds and not suspects:
                 return []
         else:
             suspects = self._marked_in_table(state.session_id, nodeid)
+            if lineage is not None:
+                lineage.boundary()
+                suspects |= _owned(lineage, lineage.descendants(), nodeid)
         return self._judge(item, registry, suspects)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -137,32 +155,58 @@ class PerTestCheck:
         registries: dict[str, str | None] = {}
         if registry is not None and os.path.lexists(registry):
             registries[registry] = nodeid
+        worker_pids = state.worker_pids()
         checked = check_session(
             registries,
             state.session_id,
-            exclude_pids=state.worker_pids(),
+            exclude_pids=worker_pids,
             grace=0.0,
             worker=session.workerid,
             only_worker=session.workerid,
+            lineage=self._lineage_view(worker_pids),
         )
         # Rule: only this test's own leftovers; another test's are for its teardown or the end.
+        # A process lineage cannot pin on one test names them all: each of them may claim it.
         findings = [
             f
             for f in checked.findings
             if (registry is not None and f.registry == registry)
-            or (f.kind == "leaked_process" and f.nodeid == nodeid)
+            or (f.kind == "leaked_process" and nodeid in (f.nodeid, *f.nodeids))
         ]
         findings = [f for f in findings if not _allowed(item, f)]
         if not findings:
             return []  # an allowed leak is left for the session end, which reports it as allowed
         targets = {f: checked.targets[f] for f in findings}
         findings, targets = explain_findings(
-            findings, targets, root_pid=os.getpid(), spans=session.phases.spans
+            findings,
+            targets,
+            root_pid=os.getpid(),
+            spans=_with_teardown(session.phases.spans, nodeid),
+            origin=checked.origins.get,
         )
         if not settings.keep_leaks:
             findings = clean_up(findings, targets, settings.shutdown_timeout)
+            # The session's own rule: reap only the adopted processes cleanup just stopped.
+            session._reap(findings, checked)
         session.reported_at_teardown.update(reported_key(f) for f in findings)
         return findings
+
+    def _lineage_view(self, worker_pids: set[int]) -> LineageView | None:
+        """The session's lineage as its check sees it (no test's xdist worker, nothing older).
+
+        The session's own view (``LeanhostSession._lineage_view``) also takes dead
+        workers' spans, which only the controller has and which no test runs on.
+        """
+        lineage = self.session.lineage
+        if lineage is None:
+            return None
+        from pytest_leanhost.core.check import LineageView
+
+        return LineageView(
+            lineage=lineage,
+            exclude_trees=frozenset(worker_pids),
+            before=self.session._lineage_before,
+        )
 
 
 def reported_key(finding: Finding) -> ReportedKey:
@@ -198,6 +242,43 @@ def _marked(pids: list[int], session_id: str, nodeid: str) -> set[int]:
         if session in environ and test in environ:
             found.add(pid)
     return found
+
+
+def _owned(lineage: Lineage, pids: Iterable[int], nodeid: str) -> set[int]:
+    """Those of ``pids`` that are live processes the lineage recorder gave to ``nodeid``.
+
+    Each is looked up as ``(pid, start tick)``, so a PID that now names another
+    process is not the test's; a zombie is no leak. Reads ``/proc``: lineage is
+    recorded only on Linux.
+    """
+    found: set[int] = set()
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields is None or fields[0] in (b"Z", b"X"):
+            continue
+        try:
+            tick = int(fields[19])
+        except (IndexError, ValueError):
+            continue
+        seen = lineage.lookup(pid, tick)
+        if seen is not None and nodeid in seen.owners:
+            found.add(pid)
+    return found
+
+
+def _with_teardown(spans: list[PhaseSpan], nodeid: str) -> list[PhaseSpan]:
+    """The timed phases, with this test's teardown (still open: its end is not timed) up to now.
+
+    Rule: a process the teardown started is explained as started in teardown, as at
+    session end; the teardown began where this test's last timed phase ended.
+    """
+    from pytest_leanhost.core.explain import PhaseSpan
+    from pytest_leanhost.plugin.phases import start_clock
+
+    ends = [span.end for span in spans if span.nodeid == nodeid]
+    if not ends:
+        return spans
+    return [*spans, PhaseSpan(nodeid, "teardown", max(ends), start_clock()())]
 
 
 def _record_pids(registry: str | None) -> set[int]:

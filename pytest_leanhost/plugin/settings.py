@@ -153,7 +153,8 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "leanhost_grace",
-        "seconds a leftover process may take to exit by itself at session end (default: 1)",
+        "seconds a leftover process may take to exit by itself at session end, and, "
+        "with --leanhost-check=test, at each test's teardown (default: 1)",
         default="1",
     )
 
