@@ -6,7 +6,10 @@ to also run it with ``--leanhost-check=test``).
 
 1. Overhead: the same suite of trivial tests, run as whole pytest processes,
    alternating ``-p leanhost`` and ``-p no:leanhost`` (plugin autoload off for
-   both, so nothing else differs); medians of ``--runs`` runs each. With
+   both, so nothing else differs); medians of ``--runs`` runs each, in wall
+   time and in CPU time of the pytest processes (less disturbed by a shared
+   machine). A one-test suite in the same rotation gives the fixed cost (import,
+   session start and end); what remains, over the tests, is the cost per test. With
    ``--check test`` a third variant, ``-p leanhost --leanhost-check=test``, runs
    in the same rotation, so the session-mode figure beside it is from the same
    machine load (the machine may be shared).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,38 +60,69 @@ def write_suite(directory: Path, tests: int, per_module: int = 100) -> None:
         (directory / f"test_m{module // per_module:03d}.py").write_text(body)
 
 
-def run_pytest(directory: Path, plugin: bool, xdist: int, check: str = "session") -> float:
+def run_pytest(
+    directory: Path, plugin: bool, xdist: int, check: str = "session"
+) -> tuple[float, float]:
+    """One whole pytest run: (wall seconds, CPU seconds of the pytest processes)."""
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
     if plugin and check != "session":
         args += [f"--leanhost-check={check}"]
     if xdist:
         args += ["-p", "xdist", "-n", str(xdist)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(args, cwd=directory, env=bench_env(), stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") -> None:
+    """The suite with and without the plugin, and a one-test suite for the fixed cost.
+
+    The cost per test is the overhead of the whole suite less that of the
+    one-test suite (import, session start and end), over the tests in between.
+    """
+    variants = [("off", False, "session"), ("on", True, "session")]
+    if check == "test":
+        variants.append(("test", True, "test"))
     with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
-        suite = Path(tmp)
-        write_suite(suite, tests)
-        run_pytest(suite, True, xdist)  # warm the file-system cache and bytecode
-        run_pytest(suite, False, xdist)
-        with_plugin, without, per_test = [], [], []
+        big, small = Path(tmp) / "big", Path(tmp) / "small"
+        big.mkdir()
+        small.mkdir()
+        write_suite(big, tests)
+        write_suite(small, 1)
+        for suite in (big, small):  # warm the file-system cache and bytecode
+            for _, plugin, mode in variants:
+                run_pytest(suite, plugin, xdist, mode)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(runs):
-            with_plugin.append(run_pytest(suite, True, xdist))
-            without.append(run_pytest(suite, False, xdist))
-            if check == "test":
-                per_test.append(run_pytest(suite, True, xdist, "test"))
-    on, off = statistics.median(with_plugin), statistics.median(without)
+            for suite, size in ((big, "big"), (small, "small")):
+                for name, plugin, mode in variants:
+                    times.setdefault((size, name), []).append(
+                        run_pytest(suite, plugin, xdist, mode)
+                    )
+
+    def median(size: str, name: str, index: int) -> float:
+        return statistics.median(sample[index] for sample in times[(size, name)])
+
     mode = f"-n {xdist}" if xdist else "one process"
     print(f"{tests} trivial tests ({mode}), medians of {runs} alternating runs:")
-    print(f"  -p no:leanhost  {off * 1000:8.1f} ms")
-    print(f"  -p leanhost     {on * 1000:8.1f} ms  ({(on - off) / off * 100:+.2f} %)")
-    if per_test:
-        test = statistics.median(per_test)
-        print(f"  --leanhost-check=test {test * 1000:8.1f} ms  ({(test - off) / off * 100:+.2f} %)")
+    for index, clock in ((0, "wall"), (1, "cpu")):
+        off = median("big", "off", index)
+        print(f"  [{clock}] -p no:leanhost        {off * 1000:8.1f} ms")
+        for name, label in (("on", "-p leanhost          "), ("test", "--leanhost-check=test")):
+            if ("big", name) not in times:
+                continue
+            on = median("big", name, index)
+            fixed = median("small", name, index) - median("small", "off", index)
+            per_test = ((on - off) - fixed) / max(1, tests - 1) * 1e6
+            print(
+                f"  [{clock}] {label} {on * 1000:8.1f} ms  ({(on - off) / off * 100:+.2f} %)"
+                f"  fixed {fixed * 1000:+.1f} ms, {per_test:+.1f} us/test"
+            )
 
 
 def bench_session_check(registries: int, records: int, runs: int) -> None:
