@@ -340,12 +340,15 @@ class Lineage:
         queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in roots]
         while queue:
             parent, pid = queue.pop(0)
-            tick = start_tick(pid)
+            stat = _read_stat(pid) if _LINUX else None
+            tick = stat[1] if stat is not None else None if _LINUX else start_tick(pid)
             if tick is None:
                 continue  # gone (reaped) since its parent's list was read
             seen = self._seen.get((pid, tick))
             if seen is None:
                 seen = self._remember(pid, tick, parent, opening)
+            if stat is not None and stat[2]:
+                continue  # a zombie has no children: they were reparented when it died
             queue.extend((seen, child) for child in direct_children(pid))
         self._last_tick = now
 
