@@ -191,6 +191,12 @@ def wait_until(condition):
         assert time.monotonic() < deadline, "the condition never came true"
         time.sleep(0.001)
 
+def at_a_fresh_tick():
+    """Wait until a new clock tick begins: a child started now has its whole start
+    tick in the current phase (the phase is judged by the start tick)."""
+    first = ticks()
+    wait_until(lambda: ticks() > first)
+
 def write_down(pid, name):
     """Write the child down; then let its start tick pass (the phase is judged by it)."""
     start = start_of(pid)
@@ -216,6 +222,7 @@ def test_clean_before():
     clean_scrubbed_child()
 
 def test_popen_env_dropped():
+    at_a_fresh_tick()
     child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
     HELD.append(child)
     write_down(child.pid, "test_popen_env_dropped")
@@ -226,6 +233,7 @@ def test_clean_between():
 def test_setsid_double_fork_env_i():
     note = os.path.abspath("note-setsid")
     open(note, "w").close()
+    at_a_fresh_tick()
     subprocess.run(
         ["setsid", "env", "-i", sys.executable, "-c", DOUBLE_FORK, WAIT, note], check=True
     )
@@ -356,9 +364,7 @@ import pytest
 @pytest.fixture
 def starts_at_teardown():
     yield
-    # The phase is judged by the start tick: start in a tick that began in teardown.
-    first = ticks()
-    wait_until(lambda: ticks() > first)
+    at_a_fresh_tick()
     child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
     HELD.append(child)
     write_down(child.pid, "teardown")
