@@ -258,8 +258,10 @@ class Lineage:
         self._clock = clock
         #: The kernel's PID counter (``None`` where it has none: then every boundary walks).
         self._counter = LastPid() if last_pid is None else None
-        self._last_pid = self._counter.read if self._counter is not None else last_pid
-        self._walked_at: int | None = None
+        self._last_pid = last_pid
+        #: The counter file's bytes (one C call): field 5 is compared as read.
+        self._pread = self._counter.pread if self._counter is not None else None
+        self._walked_at: object = None
         #: The root's own children, read through files kept open (Linux).
         self._root_children = TaskChildren(self.root) if _LINUX else None
         #: ``(node id, begin tick, end tick or None)``: plain tuples, made into
@@ -283,6 +285,7 @@ class Lineage:
 
     def close(self) -> None:
         """Close the files kept open (the PID counter, the root's children)."""
+        self._pread = None  # its file descriptor is closed now, and may be reused
         if self._counter is not None:
             self._counter.close()
         if self._root_children is not None:
@@ -301,32 +304,52 @@ class Lineage:
         """Every ``(pid, start tick)`` seen below the root: the run's processes, dead or alive."""
         return frozenset(self._seen)
 
-    def begin(self, nodeid: str) -> None:
-        """A test's setup starts: what appeared since the last boundary is not this test's."""
-        self.boundary()
+    def begin(self, nodeid: str, tick: int | None = None) -> None:
+        """A test's setup starts: what appeared since the last boundary is not this test's.
+
+        ``tick`` is now, when the caller has just read the clock (the session
+        reads the phase clock); else the recorder reads its own.
+        """
+        self.boundary(tick)
         self._running = nodeid
         self._spans.append((nodeid, self._last_tick, None))
 
-    def end(self, nodeid: str) -> None:
+    def end(self, nodeid: str, tick: int | None = None) -> None:
         """A test's teardown ended: what appeared during its span is its own."""
-        self.boundary()
-        for index in range(len(self._spans) - 1, -1, -1):
-            name, begin, end = self._spans[index]
-            if name == nodeid and end is None:
-                self._spans[index] = (nodeid, begin, self._last_tick)
-                break
+        self.boundary(tick)
+        spans = self._spans
+        last = len(spans) - 1
+        if last >= 0 and spans[last][0] == nodeid and spans[last][2] is None:
+            spans[last] = (nodeid, spans[last][1], self._last_tick)  # the usual case
+        else:
+            for index in range(last, -1, -1):
+                name, begin, end = spans[index]
+                if name == nodeid and end is None:
+                    spans[index] = (nodeid, begin, self._last_tick)
+                    break
         if self._running == nodeid:
             self._running = None
 
-    def boundary(self) -> None:
+    def boundary(self, tick: int | None = None) -> None:
         """Walk the tree below the root once and remember each new process (see rules 1-3).
 
-        Rule: the counter is read before the clock and before the walk, so a
-        process created during the walk (which the walk may miss) moves it, and
-        the next boundary walks again.
+        ``tick`` is now, when the caller has just read the clock.
+
+        Rule: the counter is read before the walk, so a process created during
+        the walk (which the walk may miss) moves it, and the next boundary walks
+        again; one created before the counter is read (after the clock was, say)
+        moved it already, and this walk sees it.
         """
-        counter = self._last_pid() if self._last_pid is not None else None
-        now = self._clock()
+        pread = self._pread
+        if pread is not None:
+            try:
+                data = pread()  # "0.20 0.18 0.12 1/80 11206\n": the counter is the last field
+                counter: object = data[data.rfind(b" ", 0, -1) :]
+            except OSError:
+                counter = None  # walk
+        else:
+            counter = self._last_pid() if self._last_pid is not None else None
+        now = self._clock() if tick is None else tick
         if counter is not None and counter == self._walked_at:
             self._last_tick = now  # nothing created since the last walk began
             return

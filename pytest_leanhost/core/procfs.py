@@ -17,8 +17,10 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
+from collections.abc import Callable
 
 __all__ = ["LastPid", "TaskChildren", "pids_between", "stat_fields"]
 
@@ -51,6 +53,11 @@ class LastPid:
         if _LINUX:
             with contextlib.suppress(OSError):
                 self._fd = os.open(_LOADAVG, os.O_RDONLY)  # not inherited by children
+        #: The file's bytes, read again (a C call: no Python frame on a path taken
+        #: twice per test); its 5th field is the counter. ``None`` where there is none.
+        self.pread: Callable[[], bytes] | None = (
+            None if self._fd is None else functools.partial(os.pread, self._fd, 256, 0)
+        )
 
     def read(self) -> int | None:
         """The last PID now; ``None`` where the kernel does not say."""
@@ -66,6 +73,7 @@ class LastPid:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self.pread = None
 
 
 def pids_between(before: int, after: int) -> list[int]:

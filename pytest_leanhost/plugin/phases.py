@@ -3,8 +3,9 @@
 The clock notes, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
 process's start tick), when each test's setup, call and teardown began and when
 its protocol finished: one clock read and one list append each. The session's
-own protocol wrapper marks the start of setup and the end (direct calls, no
-hook to dispatch); two plain hooks mark the call and the teardown. The spans
+``logstart`` and ``logfinish`` mark the start of setup and the end (direct
+calls, and the lineage takes the same reading); two plain hooks mark the call
+and the teardown. The spans
 are built only when a leak needs them. A process whose start tick falls in no
 test phase started in a session-scoped fixture, collection or another hook
 (``session``).
@@ -45,6 +46,9 @@ class PhaseClock:
         self._now = start_clock()
         #: (node id, phase or "end", when), in the order they happened.
         self._marks: list[tuple[str, Phase | Literal["end"], float]] = []
+        #: The test between ``begin`` and ``end`` (the hooks mark it without asking
+        #: the item: a node id is a property there).
+        self.running: str | None = None
 
     @property
     def spans(self) -> list[PhaseSpan]:
@@ -61,20 +65,26 @@ class PhaseClock:
                 spans.append(PhaseSpan(nodeid, phase, start, following[2]))
         return spans
 
-    def begin(self, nodeid: str) -> None:
-        """Setup begins (the session's protocol wrapper, before any fixture)."""
-        self._marks.append((nodeid, "setup", self._now()))
+    def begin(self, nodeid: str) -> float:
+        """Setup begins (the session's ``logstart``, before any fixture); returns the time."""
+        now = self._now()
+        self._marks.append((nodeid, "setup", now))
+        self.running = nodeid
+        return now
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
         """Setup ended, the call (the test body) begins."""
-        self._marks.append((item.nodeid, "call", self._now()))
+        self._marks.append((self.running or item.nodeid, "call", self._now()))
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         """The call ended (or was skipped), teardown begins."""
-        self._marks.append((item.nodeid, "teardown", self._now()))
+        self._marks.append((self.running or item.nodeid, "teardown", self._now()))
 
-    def end(self, nodeid: str) -> None:
-        """The test's protocol finished: its teardown ended (the session's protocol wrapper)."""
-        self._marks.append((nodeid, "end", self._now()))
+    def end(self, nodeid: str) -> float:
+        """The test's teardown ended (the session's ``logfinish``); returns the time."""
+        now = self._now()
+        self._marks.append((nodeid, "end", now))
+        self.running = None
+        return now

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end
     from pytest_leanhost.plugin.pertest import ReportedKey
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
 
-__all__ = ["LeakStat", "LeanhostSession"]
+__all__ = ["EachTest", "LeakStat", "LeanhostSession"]
 
 #: The terminal summary's category for leaks that fail the run ("3 leaked").
 LEAKED = "leaked"
@@ -82,12 +82,15 @@ class LeanhostSession:
         self._previous_sigterm: Any = None
         self._private_root: Path | None = None
         self._checked = False
+        self._each_test: EachTest | None = None
         #: Every test phase, timed, so that a leaked process's start names its phase.
         self.phases = PhaseClock()
         #: The session ledger and earlier runs' leftovers (the controller only).
         self.earlier: EarlierRuns | None = None
         #: The lineage recorder, when this process became a child subreaper.
         self.lineage: Lineage | None = None
+        #: Start ticks per second: a phase mark's time, as the lineage's tick.
+        self._ticks = 100
         self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
         self._spans_file: TextIO | None = None
@@ -126,6 +129,11 @@ class LeanhostSession:
         self._setenv(SESSION_ENV, session_id)
         self._start_lineage(root)
         self._start_watch()
+        if not self.config.pluginmanager.has_plugin("dsession"):
+            # Rule: an xdist controller relays its workers' logstart and logfinish
+            # but runs no test: only a process that runs tests marks them.
+            self._each_test = EachTest(self)
+            self.config.pluginmanager.register(self._each_test, "leanhost-each-test")
 
     def _start_lineage(self, root: Path) -> None:
         """Become a child subreaper (ini ``leanhost_subreaper``) and note what is already below.
@@ -135,10 +143,11 @@ class LeanhostSession:
         """
         if not self.settings.subreaper:
             return
-        from pytest_leanhost.core.lineage import Lineage, become_subreaper
+        from pytest_leanhost.core.lineage import Lineage, become_subreaper, clock_ticks_per_second
 
         if not become_subreaper():
             return
+        self._ticks = clock_ticks_per_second()
         self.lineage = Lineage()
         self.lineage.boundary()
         self._lineage_before = self.lineage.identities()
@@ -176,57 +185,12 @@ class LeanhostSession:
         root.chmod(0o700)
         return root
 
-    # -- each test ---------------------------------------------------------------
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        """From setup to teardown, name the test's node id and registry in the environment.
-
-        Every process the test starts, by any means and at any depth, inherits
-        both. The registry directory itself is left for the first server to create.
-
-        Rule: between two tests the variables stay as they are, since the next
-        test's setup overwrites them at once (nothing in pytest's loop starts a
-        process in between: two ``os.environ`` writes per test instead of six
-        operations); after the last test, after an error, and whenever the loop
-        stops, the values from before the session are back (:meth:`_end_tests`),
-        so nothing outside a test (session finish included) is named after one.
-        """
-        assert self.state is not None
-        nodeid = item.nodeid
-        lineage, spans, phases = self.lineage, self._spans_file, self.phases
-        phases.begin(nodeid)
-        # The span opens before anything of the test runs, fixtures included: a
-        # process a module or session fixture starts belongs to the test whose setup ran it.
-        if lineage is not None:
-            lineage.begin(nodeid)
-            if spans is not None:
-                spans.write(f"B {lineage.last_tick} {nodeid}\n")
-                spans.flush()
-        environ = os.environ
-        environ[NODEID_ENV] = nodeid
-        if self.settings.isolate:
-            environ[REGISTRY_ENV] = self.state.registry_path(nodeid)
-        try:
-            result = yield
-        except BaseException:
-            self._end_tests()
-            raise
-        finally:
-            phases.end(nodeid)
-            if lineage is not None:
-                lineage.end(nodeid)
-                if spans is not None:
-                    spans.write(f"E {lineage.last_tick} {nodeid}\n")
-                    spans.flush()
-        if nextitem is None:
-            self._end_tests()
-        return result
+    # -- each test (:class:`EachTest`) -------------------------------------------
 
     def _end_tests(self) -> None:
-        """Put back the node id and registry variables as they were before the session."""
+        """Close a span left open by a loop that stopped inside a test; put the variables back."""
+        if self.phases.running is not None and self._each_test is not None:
+            self._each_test.pytest_runtest_logfinish(self.phases.running)
         _restore(NODEID_ENV, self._outside_nodeid)
         if self.settings.isolate:
             _restore(REGISTRY_ENV, self._user_registry_env)
@@ -247,7 +211,7 @@ class LeanhostSession:
         try:
             result = yield
         finally:
-            self._end_tests()  # a loop that stopped early (-x, --maxfail) left them set
+            self._end_tests()
         self._check(session, junit=True)
         return result
 
@@ -547,6 +511,58 @@ class LeanhostSession:
             return  # someone else handles SIGTERM; leave theirs alone
         self._previous_sigterm = signal.SIG_DFL
         signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
+
+
+class EachTest:
+    """Each test of this process: its node id and registry in the environment, its span timed.
+
+    ``logstart`` comes before anything of the test runs, fixtures included: a
+    process a module or session fixture starts belongs to the test whose setup
+    ran it. Every process the test starts, by any means and at any depth,
+    inherits both variables. The registry directory itself is left for the first
+    server to create.
+
+    Rule: between two tests the variables stay as they are, since the next
+    test's start overwrites them at once (nothing in pytest's loop starts a
+    process in between: two ``os.environ`` writes per test); when the loop ends,
+    however it ends, the values from before the session are back
+    (:meth:`LeanhostSession._end_tests`), so nothing outside a test (session
+    finish included) is named after one.
+    """
+
+    def __init__(self, session: LeanhostSession) -> None:
+        assert session.state is not None
+        self._phases = session.phases
+        self._lineage = session.lineage
+        self._ticks = session._ticks
+        self._spans_file = session._spans_file
+        self._registry_path = session.state.registry_path if session.settings.isolate else None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        """A test begins: name its node id and registry in the environment, open its span."""
+        now = self._phases.begin(nodeid)
+        lineage = self._lineage
+        if lineage is not None:
+            lineage.begin(nodeid, int(now * self._ticks))
+            if self._spans_file is not None:
+                self._spans_file.write(f"B {lineage.last_tick} {nodeid}\n")
+                self._spans_file.flush()
+        environ = os.environ
+        environ[NODEID_ENV] = nodeid
+        if self._registry_path is not None:
+            environ[REGISTRY_ENV] = self._registry_path(nodeid)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        """The test's teardown is over: close its span (its variables stay until the next test)."""
+        now = self._phases.end(nodeid)
+        lineage = self._lineage
+        if lineage is not None:
+            lineage.end(nodeid, int(now * self._ticks))
+            if self._spans_file is not None:
+                self._spans_file.write(f"E {lineage.last_tick} {nodeid}\n")
+                self._spans_file.flush()
 
 
 def _sigterm_to_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> None:
