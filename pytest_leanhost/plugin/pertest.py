@@ -71,34 +71,25 @@ class PerTestCheck:
             self._wider_fixture = True
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """After teardown: what the test left turns its teardown report into a failed one.
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        """After teardown: what the test left makes its teardown fail, as a fixture's would.
 
-        A failed teardown report is what pytest itself makes of a fixture whose
-        teardown raised: "ERROR at teardown of ...", an error in the counts, in
-        ``--lf``'s cache, for ``-x`` and ``--maxfail``, and an ``<error>`` in the
-        test's own JUnit ``<testcase>``.
+        A failed teardown is what pytest itself makes of a fixture whose teardown
+        raised: "ERROR at teardown of ...", an error in the counts, in ``--lf``'s
+        cache, for ``-x`` and ``--maxfail``, and an ``<error>`` in the test's own
+        JUnit ``<testcase>``. One wrapper per test (around teardown only), not one
+        per phase: the check runs once, when every fixture of the test is torn down.
         """
-        report = yield
-        if call.when != "teardown":
-            return report
+        try:
+            yield
+        except Exception:  # an interrupt (KeyboardInterrupt, pytest.exit) is not checked here
+            failing = self._check(item)
+            if failing:  # keep the teardown's own error, and add ours beside it
+                item.add_report_section("teardown", "leanhost", _leak_text(item.nodeid, failing))
+            raise
         failing = self._check(item)
         if failing:
-            from pytest_leanhost.plugin.report import grouped_lines
-
-            lines = [
-                f"leanhost: {item.nodeid} leaked (checked at its teardown):",
-                *(line for line, _ in grouped_lines(failing)),
-            ]
-            text = "\n".join(lines)
-            if report.failed:
-                report.sections.append(("leanhost", text))  # keep the teardown's own error
-            else:
-                report.outcome = "failed"
-                report.longrepr = text
-        return report
+            pytest.fail(_leak_text(item.nodeid, failing), pytrace=False)
 
     def _check(self, item: pytest.Item) -> list[Finding]:
         """The failing findings of ``item``, cleaned up (unless ``--leanhost-keep-leaks``)."""
@@ -212,6 +203,15 @@ class PerTestCheck:
 def reported_key(finding: Finding) -> ReportedKey:
     """What names a finding in both checks (the action and the explanation may differ)."""
     return (finding.kind, finding.pid, finding.record)
+
+
+def _leak_text(nodeid: str, failing: list[Finding]) -> str:
+    """The error a leaking test's teardown reports: a header line, then each finding's lines."""
+    from pytest_leanhost.plugin.report import grouped_lines
+
+    lines = [f"leanhost: {nodeid} leaked (checked at its teardown):"]
+    lines.extend(line for line, _ in grouped_lines(failing))
+    return "\n".join(lines)
 
 
 def _holds_something(registry: str) -> bool:
