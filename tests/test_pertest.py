@@ -392,3 +392,42 @@ def test_a_process_its_teardown_started_is_explained_as_started_in_teardown(
     # Per test as at session end: the phase that started it, not the last one closed.
     assert "started in teardown)" in text, output
     inner.assert_nothing_left()
+
+
+SAME_TICK_LEAK = (
+    SCRUBBED_HELPERS
+    + r"""
+import pytest
+
+@pytest.fixture
+def tick_begins_in_setup():
+    at_a_fresh_tick()  # the child's start tick then begins in setup and ends in teardown
+
+def test_leaks_at_once(tick_begins_in_setup):
+    child = subprocess.Popen(["sleep", "300"])  # keeps pytest's environment
+    HELD.append(child)
+    line = f"{child.pid} {start_of(child.pid)}\n"
+    with open(LOG, "a") as log:
+        log.write(line)
+    with open("leaked-call.pid", "w") as own:
+        own.write(line)
+"""
+)
+
+
+@needs_lineage
+@pytest.mark.parametrize("check", ["test", "session"])
+def test_a_process_whose_start_tick_spans_three_phases_is_placed_by_its_environment(
+    pytester: pytest.Pytester, inner: InnerPytest, check: str
+) -> None:
+    pytester.makepyfile(test_suite=SAME_TICK_LEAK)
+    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
+    output = run.result.stdout.str()
+    (leaked,) = read_log(pytester.path / "leaked-call.pid")
+    text = teardown_errors(output).get("test_leaks_at_once") if check == "test" else output
+    assert text is not None, output
+    assert f"{leaked.pid} sleep 300  (age " in text, output
+    # Setup, call and teardown all overlap its start tick, teardown the most: the
+    # PYTEST_CURRENT_TEST it started with says "call", and the clock agrees it may be.
+    assert "started in call)" in text, output
+    inner.assert_nothing_left()

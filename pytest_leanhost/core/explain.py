@@ -188,15 +188,19 @@ def phase_of(
     ticks_per_second: int,
     spans: Sequence[PhaseSpan],
     prefer: str | None = None,
+    named: tuple[str, str] | None = None,
 ) -> tuple[Phase, str | None]:
     """The phase (and test) a process that started at ``start_tick`` started in.
 
     A start tick covers ``[tick, tick + 1)`` / ``ticks_per_second`` seconds, so
-    several short phases may overlap it. A phase of ``prefer`` (the test the
-    finding already names, by its registry or marker) wins over other tests'
-    phases; among the rest, the one that overlaps most of the interval (the
-    later one on a tie). ``spans`` must be sorted by start. No overlap:
-    ``session`` (a session-scoped fixture, collection, another hook), no test.
+    several short phases may overlap it. The phase ``named`` by the process's
+    starting environment (pytest's ``PYTEST_CURRENT_TEST``, as ``(node id,
+    phase)``) wins when it overlaps the tick: the clock confirms what the
+    environment says. Then a phase of ``prefer`` (the test the finding already
+    names, by its registry or marker) wins over other tests' phases; among the
+    rest, the one that overlaps most of the interval (the later one on a tie).
+    ``spans`` must be sorted by start. No overlap: ``session`` (a session-scoped
+    fixture, collection, another hook), no test.
     """
     low = start_tick / ticks_per_second
     high = (start_tick + 1) / ticks_per_second
@@ -205,14 +209,14 @@ def phase_of(
     best: PhaseSpan | None = None
     best_overlap = 0.0
     # Phases do not overlap each other, so only the few before ``index`` can reach the interval.
-    best_preferred = False
+    best_rank = (False, False)
     for span in reversed(spans[max(0, index - 8) : index]):
         overlap = min(high, span.end) - max(low, span.start)
         if overlap <= 0:
             continue
-        preferred = prefer is not None and span.nodeid == prefer
-        if (preferred, overlap) > (best_preferred, best_overlap):
-            best, best_overlap, best_preferred = span, overlap, preferred
+        rank = (named == (span.nodeid, span.phase), prefer is not None and span.nodeid == prefer)
+        if (*rank, overlap) > (*best_rank, best_overlap):
+            best, best_overlap, best_rank = span, overlap, rank
     if best is None:
         return "session", None
     return best.phase, best.nodeid
@@ -265,6 +269,7 @@ def _detail(
 ) -> ProcessDetail | None:
     from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
     from pytest_leanhost.core.lineage import clock_ticks_per_second, start_tick
+    from pytest_leanhost.core.ownership import pytest_phase_at_start
 
     assert finding.pid is not None
     pid = finding.pid
@@ -279,7 +284,13 @@ def _detail(
     tick = start_tick(pid)
     if facts is None or tick is None:
         return None
-    phase, started_in = phase_of(tick, clock_ticks_per_second(), spans, prefer=finding.nodeid)
+    phase, started_in = phase_of(
+        tick,
+        clock_ticks_per_second(),
+        spans,
+        prefer=finding.nodeid,
+        named=pytest_phase_at_start(pid),
+    )
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None
     first_parent = seen.first_parent if seen is not None else None

@@ -25,6 +25,7 @@ __all__ = [
     "find_marked_processes",
     "new_session_id",
     "processes_carrying",
+    "pytest_phase_at_start",
 ]
 
 #: The session id every process of the test run inherits.
@@ -88,6 +89,24 @@ def processes_carrying(
             worker=_value(environ, WORKER_ENV),
         )
     return found
+
+
+def pytest_phase_at_start(pid: int) -> tuple[str, str] | None:
+    """The ``(node id, phase)`` pytest named in ``PYTEST_CURRENT_TEST`` when ``pid`` started.
+
+    pytest sets ``PYTEST_CURRENT_TEST="<node id> (<setup|call|teardown>)"`` at the
+    start of every phase, so a process that kept its starting environment says
+    exactly which phase it started in. ``None`` when it did not keep it (a
+    launcher dropped it), when it cannot be read, or when the value is not pytest's.
+    """
+    environ = _read_environ(pid)
+    value = _value(environ, "PYTEST_CURRENT_TEST") if environ is not None else None
+    if value is None or not value.endswith(")"):
+        return None
+    nodeid, _, when = value[:-1].rpartition(" (")
+    if not nodeid or when not in ("setup", "call", "teardown"):
+        return None
+    return nodeid, when
 
 
 def _read_environ(pid: int) -> bytes | None:
