@@ -375,20 +375,32 @@ def test_leaks_from_its_teardown(starts_at_teardown):
 )
 
 
+def leaked_sleep_text(
+    pytester: pytest.Pytester, inner: InnerPytest, suite: str, check: str, test: str, name: str
+) -> tuple[str, str]:
+    """Run ``suite`` in check mode ``check``; the text that reports its one leaked
+    ``sleep 300`` (written down as ``leaked-NAME.pid``), and the whole output.
+
+    The text is the ERROR at teardown of ``test`` with ``test``, the output otherwise.
+    """
+    pytester.makepyfile(test_suite=suite)
+    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
+    output = run.result.stdout.str()
+    (leaked,) = read_log(pytester.path / f"leaked-{name}.pid")
+    text = teardown_errors(output).get(test) if check == "test" else output
+    assert text is not None, output
+    assert f"{leaked.pid} sleep 300  (age " in text, output
+    return text, output
+
+
 @needs_lineage
 @pytest.mark.parametrize("check", ["test", "session"])
 def test_a_process_its_teardown_started_is_explained_as_started_in_teardown(
     pytester: pytest.Pytester, inner: InnerPytest, check: str
 ) -> None:
-    pytester.makepyfile(test_suite=TEARDOWN_LEAK)
-    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
-    output = run.result.stdout.str()
-    (leaked,) = read_log(pytester.path / "leaked-teardown.pid")
-    text = (
-        teardown_errors(output).get("test_leaks_from_its_teardown") if check == "test" else output
+    text, output = leaked_sleep_text(
+        pytester, inner, TEARDOWN_LEAK, check, "test_leaks_from_its_teardown", "teardown"
     )
-    assert text is not None, output
-    assert f"{leaked.pid} sleep 300  (age " in text, output
     # Per test as at session end: the phase that started it, not the last one closed.
     assert "started in teardown)" in text, output
     inner.assert_nothing_left()
@@ -420,13 +432,9 @@ def test_leaks_at_once(tick_begins_in_setup):
 def test_a_process_whose_start_tick_spans_three_phases_is_placed_by_its_environment(
     pytester: pytest.Pytester, inner: InnerPytest, check: str
 ) -> None:
-    pytester.makepyfile(test_suite=SAME_TICK_LEAK)
-    run = inner.run("-p", "no:randomly", f"--leanhost-check={check}")
-    output = run.result.stdout.str()
-    (leaked,) = read_log(pytester.path / "leaked-call.pid")
-    text = teardown_errors(output).get("test_leaks_at_once") if check == "test" else output
-    assert text is not None, output
-    assert f"{leaked.pid} sleep 300  (age " in text, output
+    text, output = leaked_sleep_text(
+        pytester, inner, SAME_TICK_LEAK, check, "test_leaks_at_once", "call"
+    )
     # Setup, call and teardown all overlap its start tick, teardown the most: the
     # PYTEST_CURRENT_TEST it started with says "call", and the clock agrees it may be.
     assert "started in call)" in text, output

@@ -89,8 +89,6 @@ class LeanhostSession:
         self.earlier: EarlierRuns | None = None
         #: The lineage recorder, when this process became a child subreaper.
         self.lineage: Lineage | None = None
-        #: Start ticks per second: a phase mark's time, as the lineage's tick.
-        self._ticks = 100
         self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
         self._spans_file: TextIO | None = None
@@ -143,11 +141,10 @@ class LeanhostSession:
         """
         if not self.settings.subreaper:
             return
-        from pytest_leanhost.core.lineage import Lineage, become_subreaper, clock_ticks_per_second
+        from pytest_leanhost.core.lineage import Lineage, become_subreaper
 
         if not become_subreaper():
             return
-        self._ticks = clock_ticks_per_second()
         self.lineage = Lineage()
         self.lineage.boundary()
         self._lineage_before = self.lineage.identities()
@@ -534,7 +531,12 @@ class EachTest:
         assert session.state is not None
         self._phases = session.phases
         self._lineage = session.lineage
-        self._ticks = session._ticks
+        #: Start ticks per second: a phase mark's time, as the lineage's tick.
+        self._ticks = 100
+        if self._lineage is not None:
+            from pytest_leanhost.core.lineage import clock_ticks_per_second
+
+            self._ticks = clock_ticks_per_second()
         self._spans_file = session._spans_file
         self._registry_path = session.state.registry_path if session.settings.isolate else None
 
@@ -546,8 +548,7 @@ class EachTest:
         if lineage is not None:
             lineage.begin(nodeid, int(now * self._ticks))
             if self._spans_file is not None:
-                self._spans_file.write(f"B {lineage.last_tick} {nodeid}\n")
-                self._spans_file.flush()
+                self._write_span("B", lineage.last_tick, nodeid)
         environ = os.environ
         environ[NODEID_ENV] = nodeid
         if self._registry_path is not None:
@@ -561,8 +562,13 @@ class EachTest:
         if lineage is not None:
             lineage.end(nodeid, int(now * self._ticks))
             if self._spans_file is not None:
-                self._spans_file.write(f"E {lineage.last_tick} {nodeid}\n")
-                self._spans_file.flush()
+                self._write_span("E", lineage.last_tick, nodeid)
+
+    def _write_span(self, mark: str, tick: int, nodeid: str) -> None:
+        """A worker's span begins (``B``) or ends (``E``), for a controller that outlives it."""
+        assert self._spans_file is not None
+        self._spans_file.write(f"{mark} {tick} {nodeid}\n")
+        self._spans_file.flush()
 
 
 def _sigterm_to_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> None:
