@@ -439,3 +439,74 @@ def test_a_process_whose_start_tick_spans_three_phases_is_placed_by_its_environm
     # PYTEST_CURRENT_TEST it started with says "call", and the clock agrees it may be.
     assert "started in call)" in text, output
     inner.assert_nothing_left()
+
+
+SCRUBBED_SLEEP = r"""
+import pytest
+
+def scrubbed_sleep(name):
+    at_a_fresh_tick()  # its whole start tick then lies in the phase that starts it
+    child = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]})
+    HELD.append(child)
+    write_down(child.pid, name)
+
+@pytest.fixture
+def starts_in_setup():
+    scrubbed_sleep("setup")
+"""
+
+#: The test that leaks a process without environment from each phase.
+LEAKS_IN = {
+    "setup": "def test_leaks_in_setup(starts_in_setup):\n    pass\n",
+    "call": "def test_leaks_in_call():\n    scrubbed_sleep('call')\n",
+}
+
+
+def scrubbed_phase_suite(*phases: str) -> str:
+    """A suite whose tests each leak a ``sleep 300`` without environment in one phase."""
+    return SCRUBBED_HELPERS + SCRUBBED_SLEEP + "\n".join(LEAKS_IN[phase] for phase in phases)
+
+
+def phase_of_each_leak(pytester: pytest.Pytester) -> dict[int, tuple[str, str]]:
+    """The phase and test of each sleep the suite wrote down, by PID."""
+    return {
+        leaked.pid: (phase, f"test_suite.py::test_leaks_in_{phase}")
+        for phase in ("setup", "call")
+        for leaked in read_log(pytester.path / f"leaked-{phase}.pid")
+    }
+
+
+@needs_lineage
+@pytest.mark.parametrize("terminal", [[], ["-p", "no:terminal"]], ids=["reports", "no-terminal"])
+def test_a_process_that_dropped_its_environment_is_placed_in_the_phase_that_started_it(
+    pytester: pytest.Pytester, inner: InnerPytest, terminal: list[str]
+) -> None:
+    # With a terminal reporter the phases come from pytest's reported durations;
+    # without one, from two hooks. Either way no PYTEST_CURRENT_TEST tells them.
+    pytester.makepyfile(test_suite=scrubbed_phase_suite("setup", "call"))
+    run = inner.run("-p", "no:randomly", *terminal)
+    found = {
+        finding["pid"]: (finding["process"]["phase"], finding["process"]["started_in"])
+        for finding in run.report["findings"]
+    }
+    assert found == phase_of_each_leak(pytester), run.result.stdout.str()
+    inner.assert_nothing_left()
+
+
+@needs_lineage
+@pytest.mark.parametrize("phase", ["setup", "call"])
+def test_a_teardown_error_names_the_phase_a_process_without_environment_started_in(
+    pytester: pytest.Pytester, inner: InnerPytest, phase: str
+) -> None:
+    # The test's own span is still open in its teardown: its phases so far are split
+    # by the setup and call pytest has reported.
+    text, output = leaked_sleep_text(
+        pytester,
+        inner,
+        scrubbed_phase_suite(phase),
+        "test",
+        f"test_leaks_in_{phase}",
+        phase,
+    )
+    assert f"started in {phase})" in text, output
+    inner.assert_nothing_left()

@@ -58,7 +58,11 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(controller, "leanhost-xdist")
     session = LeanhostSession(config, settings, worker=worker, controller=controller)
     config.pluginmanager.register(session, "leanhost-session")
-    config.pluginmanager.register(session.phases, "leanhost-phases")
+    if not config.pluginmanager.has_plugin("terminalreporter"):
+        # Rule: the phases come from pytest's reports, which only the terminal reporter keeps.
+        from pytest_leanhost.plugin.phases import PhaseHooks
+
+        config.pluginmanager.register(PhaseHooks(session.phases), "leanhost-phases")
     if settings.check == "test":
         from pytest_leanhost.plugin.pertest import PerTestCheck
 

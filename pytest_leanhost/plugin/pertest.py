@@ -40,7 +40,6 @@ from pytest_leanhost.core.procfs import LastPid, pids_between, stat_fields
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.check import Finding, LineageView
-    from pytest_leanhost.core.explain import PhaseSpan
     from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.plugin.session import LeanhostSession
 
@@ -136,6 +135,7 @@ class PerTestCheck:
         """Give the suspects the grace (polled), then judge and clean up what is left."""
         from pytest_leanhost.core.check import check_session, clean_up
         from pytest_leanhost.core.explain import explain_findings
+        from pytest_leanhost.plugin.phases import reported_durations
         from pytest_leanhost.stopping import poll_until
 
         session, settings, state = self.session, self.session.settings, self.session.state
@@ -172,7 +172,7 @@ class PerTestCheck:
             findings,
             targets,
             root_pid=os.getpid(),
-            spans=_with_teardown(session.phases.spans, nodeid),
+            spans=session.phases.spans(reported_durations(session.config)),
             origin=checked.origins.get,
         )
         if not settings.keep_leaks:
@@ -264,21 +264,6 @@ def _owned(lineage: Lineage, pids: Iterable[int], nodeid: str) -> set[int]:
         if seen is not None and nodeid in seen.owners:
             found.add(pid)
     return found
-
-
-def _with_teardown(spans: list[PhaseSpan], nodeid: str) -> list[PhaseSpan]:
-    """The timed phases, with this test's teardown (still open: its end is not timed) up to now.
-
-    Rule: a process the teardown started is explained as started in teardown, as at
-    session end; the teardown began where this test's last timed phase ended.
-    """
-    from pytest_leanhost.core.explain import PhaseSpan
-    from pytest_leanhost.plugin.phases import start_clock
-
-    ends = [span.end for span in spans if span.nodeid == nodeid]
-    if not ends:
-        return spans
-    return [*spans, PhaseSpan(nodeid, "teardown", max(ends), start_clock()())]
 
 
 def _record_pids(registry: str | None) -> set[int]:

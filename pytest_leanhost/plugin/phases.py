@@ -1,14 +1,17 @@
 """The test phases in the process start clock, so a leaked process's start names its phase.
 
 The clock notes, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
-process's start tick), when each test's setup, call and teardown began and when
-its protocol finished: one clock read and one list append each. The session's
-``logstart`` and ``logfinish`` mark the start of setup and the end (direct
-calls, and the lineage takes the same reading); two plain hooks mark the call
-and the teardown. The spans
-are built only when a leak needs them. A process whose start tick falls in no
-test phase started in a session-scoped fixture, collection or another hook
-(``session``).
+process's start tick), when each test began (``logstart``, before any fixture)
+and when it finished (``logfinish``, after the last teardown): one clock read
+and one list append each, the only work it does per test. The phases inside a
+span come from pytest's own reports, read only when a leak needs them: each
+report's ``duration`` (pytest's monotonic clock, which runs at the boot clock's
+rate) lays setup from the span's start and teardown back from its end; the call
+is what lies between. That is what ``--durations`` reads too, from the terminal
+reporter's ``stats``. Without a terminal reporter (``-p no:terminal``) nothing
+keeps the reports, so two plain hooks time the call and the teardown instead.
+A process whose start tick falls in no test phase started in a session-scoped
+fixture, collection or another hook (``session``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import pytest
@@ -25,7 +28,12 @@ import pytest
 if TYPE_CHECKING:
     from pytest_leanhost.core.explain import Phase, PhaseSpan
 
-__all__ = ["PhaseClock", "start_clock"]
+__all__ = ["PhaseClock", "PhaseHooks", "reported_durations", "start_clock"]
+
+#: Each test's phase durations as pytest reported them: node id -> phase -> seconds.
+Durations = Mapping[str, Mapping[str, float]]
+
+_PHASES = ("setup", "call", "teardown")
 
 
 def start_clock() -> Callable[[], float]:
@@ -39,48 +47,45 @@ def start_clock() -> Callable[[], float]:
     return time.time
 
 
+def reported_durations(config: pytest.Config) -> dict[str, dict[str, float]]:
+    """The duration of every test phase pytest reported so far, from the terminal reporter.
+
+    A test run again (a rerun plugin) keeps its last run's durations.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    durations: dict[str, dict[str, float]] = {}
+    for reports in getattr(reporter, "stats", {}).values():
+        for report in reports:
+            when = getattr(report, "when", None)
+            duration = getattr(report, "duration", None)
+            if when in _PHASES and isinstance(duration, (int, float)):
+                durations.setdefault(report.nodeid, {})[when] = float(duration)
+    return durations
+
+
 class PhaseClock:
-    """Times every setup, call and teardown of this pytest process."""
+    """Times each test's span; the phases inside it are worked out when asked."""
 
     def __init__(self) -> None:
         self._now = start_clock()
-        #: (node id, phase or "end", when), in the order they happened.
+        #: (node id, "setup", "call", "teardown" or "end", when), in the order they
+        #: happened; "call" and "teardown" only when :class:`PhaseHooks` time them.
         self._marks: list[tuple[str, Phase | Literal["end"], float]] = []
         #: The test between ``begin`` and ``end`` (the hooks mark it without asking
         #: the item: a node id is a property there).
         self.running: str | None = None
 
-    @property
-    def spans(self) -> list[PhaseSpan]:
-        """Every phase timed so far: each runs from its start to the next mark of its test."""
-        from pytest_leanhost.core.explain import PhaseSpan
-
-        spans: list[PhaseSpan] = []
-        marks = self._marks
-        for index, (nodeid, phase, start) in enumerate(marks):
-            if phase == "end" or index + 1 >= len(marks):
-                continue
-            following = marks[index + 1]
-            if following[0] == nodeid:
-                spans.append(PhaseSpan(nodeid, phase, start, following[2]))
-        return spans
-
     def begin(self, nodeid: str) -> float:
-        """Setup begins (the session's ``logstart``, before any fixture); returns the time."""
+        """A test begins (the session's ``logstart``, before any fixture); returns the time."""
         now = self._now()
         self._marks.append((nodeid, "setup", now))
         self.running = nodeid
         return now
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> None:
-        """Setup ended, the call (the test body) begins."""
-        self._marks.append((self.running or item.nodeid, "call", self._now()))
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
-        """The call ended (or was skipped), teardown begins."""
-        self._marks.append((self.running or item.nodeid, "teardown", self._now()))
+    def mark(self, phase: Phase) -> None:
+        """The running test's ``phase`` begins now (:class:`PhaseHooks` only)."""
+        if self.running is not None:
+            self._marks.append((self.running, phase, self._now()))
 
     def end(self, nodeid: str) -> float:
         """The test's teardown ended (the session's ``logfinish``); returns the time."""
@@ -88,3 +93,83 @@ class PhaseClock:
         self._marks.append((nodeid, "end", now))
         self.running = None
         return now
+
+    def spans(self, durations: Durations, *, until: float | None = None) -> list[PhaseSpan]:
+        """Every phase so far, sorted by start; the running test's up to ``until`` (else now).
+
+        A test whose phases were timed by hooks keeps those times; the others are
+        split by ``durations`` (:func:`reported_durations`).
+        """
+        from pytest_leanhost.core.explain import PhaseSpan
+
+        spans: list[PhaseSpan] = []
+        marks = self._marks
+        for index, (nodeid, phase, start) in enumerate(marks):
+            if phase == "end":
+                continue
+            following = marks[index + 1] if index + 1 < len(marks) else None
+            if following is not None and following[0] == nodeid:
+                stop, timed = following[2], following[1] != "end" or phase != "setup"
+            elif nodeid == self.running:
+                stop, timed = self._now() if until is None else until, phase != "setup"
+            else:
+                continue
+            if timed:
+                spans.append(PhaseSpan(nodeid, phase, start, stop))
+            else:
+                closed = following is not None
+                spans.extend(_split(nodeid, start, stop, durations.get(nodeid, {}), closed))
+        return spans
+
+
+def _split(
+    nodeid: str, begin: float, end: float, durations: Mapping[str, float], closed: bool
+) -> list[PhaseSpan]:
+    """One test's span cut into its phases by the durations pytest reported.
+
+    Setup runs from the span's start for its duration; teardown back from the
+    span's end for its (a span still open, in its teardown, has no teardown
+    report yet: the call ends after its duration); the call is what lies
+    between. The gaps between phases (pytest making and logging the reports)
+    fall to the call: microseconds, against a start tick of ten milliseconds.
+    A phase pytest did not report leaves its time to the phase before it.
+    """
+    from pytest_leanhost.core.explain import PhaseSpan
+
+    setup_end = min(end, begin + durations.get("setup", end - begin))
+    if "call" not in durations:
+        return [PhaseSpan(nodeid, "setup", begin, setup_end), *_teardown(nodeid, setup_end, end)]
+    if closed and "teardown" in durations:
+        call_end = max(setup_end, end - durations["teardown"])
+    elif closed:
+        call_end = end
+    else:
+        call_end = min(end, setup_end + durations["call"])
+    return [
+        PhaseSpan(nodeid, "setup", begin, setup_end),
+        PhaseSpan(nodeid, "call", setup_end, call_end),
+        *_teardown(nodeid, call_end, end),
+    ]
+
+
+def _teardown(nodeid: str, start: float, end: float) -> list[PhaseSpan]:
+    from pytest_leanhost.core.explain import PhaseSpan
+
+    return [PhaseSpan(nodeid, "teardown", start, end)] if end > start else []
+
+
+class PhaseHooks:
+    """Times the call and the teardown where no terminal reporter keeps pytest's reports."""
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self._clock = clock
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """Setup ended, the call (the test body) begins."""
+        self._clock.mark("call")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """The call ended (or was skipped), teardown begins."""
+        self._clock.mark("teardown")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
-from pytest_leanhost.plugin.phases import PhaseClock
+from pytest_leanhost.plugin.phases import PhaseClock, reported_durations
 from pytest_leanhost.plugin.settings import Settings
 from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
@@ -336,7 +336,7 @@ class LeanhostSession:
             findings,
             checked.targets,
             root_pid=os.getpid(),
-            spans=self.phases.spans,
+            spans=self.phases.spans(reported_durations(self.config)),
             origin=checked.origins.get,
         )
 
