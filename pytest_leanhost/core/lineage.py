@@ -269,6 +269,8 @@ class Lineage:
         self._spans: list[tuple[str, int, int | None]] = []
         self._running: str | None = None
         self._seen: dict[tuple[int, int], Seen] = {}
+        #: The processes seen, by each of their owners (the per-test check asks by test).
+        self._by_owner: dict[str, list[Seen]] = {}
         self._last_tick = clock()
         #: How many boundaries walked the tree (the others found the PID counter unmoved).
         self.walks = 0
@@ -392,6 +394,8 @@ class Lineage:
             first_seen_deeper=parent is not None,
         )
         self._seen[(pid, tick)] = seen
+        for owner in owners:
+            self._by_owner.setdefault(owner, []).append(seen)
         return seen
 
     def add_spans(self, spans: Iterable[Span]) -> None:
@@ -407,6 +411,23 @@ class Lineage:
                 if begin <= tick and (end is None or tick <= end)
             )
         )
+
+    def alive_owned_by(self, nodeid: str) -> set[int]:
+        """The PIDs of the live processes the recorder gave to ``nodeid`` (as of the last walk).
+
+        Each is checked as ``(pid, start tick)``, so a PID that now names another
+        process is not the test's; a zombie is no leak.
+        """
+        found: set[int] = set()
+        for seen in self._by_owner.get(nodeid, ()):
+            if _LINUX:
+                stat = _read_stat(seen.pid)
+                if stat is None or stat[1] != seen.start_tick or stat[2]:
+                    continue
+            elif start_tick(seen.pid) != seen.start_tick:
+                continue
+            found.add(seen.pid)
+        return found
 
     def lookup(self, pid: int, tick: int) -> Seen | None:
         """What the recorder knows of exactly this process, if it saw it."""

@@ -3,44 +3,42 @@
 Right after a test's teardown, its own registry and the processes it started
 get the grace to go away; what is left turns the teardown report into a failed
 one, so ``--lf``, ``-x``, ``--maxfail`` and JUnit see it under that test. The
-processes it started are those whose starting environment carries the session
-id and ``LEANHOST_NODEID`` of the test, and, when the session records lineage
-(Linux, pytest a child subreaper), those the lineage recorder attributes to the
-test, so a launcher that dropped the environment (``Popen(env=...)``, ``env
--i``, the MCP SDKs' stdio clients, a ``setsid`` double fork) hides nothing. The
 findings are explained and cleaned up as at session end (``explain_findings``
 with the lineage's origins, the check's own ``clean_up``: exact PIDs, create
 time checked; the session's reaping rule for adopted processes it stopped) and
 not reported again at session end; what appears only later is still caught there.
 
-A test that starts nothing must cost next to nothing, so the check first asks
-the kernel whether any PID was handed out during the test at all: on Linux the
-last PID allocated in the PID namespace (5th field of ``/proc/loadavg``), read
-before setup and after teardown. Unchanged: no process or thread was created
-anywhere, and only the registry is looked at (one ``scandir``). Changed: only
-the PIDs handed out in between can be the test's, and only their starting
-environments are read, and, with lineage, the tree below pytest is walked once
-(:meth:`~pytest_leanhost.core.lineage.Lineage.boundary`) and each of them is
-looked up in what it recorded. Only when one of them is the test's, or the
-registry holds something, are the process table and psutil touched. Other
-platforms have no such counter and read the table after every test.
+The processes it started, and what a test that starts nothing pays:
+
+- with lineage (Linux, pytest a child subreaper), every process the test
+  started is below pytest however it was launched (``Popen(env=...)``, ``env
+  -i``, the MCP SDKs' stdio clients, a ``setsid`` double fork): they are those
+  the lineage recorder gave to the test. Its walk runs only when the kernel's
+  PID counter (5th field of ``/proc/loadavg``) moved since the last one, so a
+  test that starts nothing costs one read of it and one look at its registry;
+- without lineage, those whose starting environment carries the session id
+  and ``LEANHOST_NODEID`` of the test. Only the PIDs handed out since the
+  test's start (the same counter, read before setup) are read; where there is
+  no counter, the whole table is, after every test.
+
+Only when one of them is the test's, or the registry holds something, are the
+process table and psutil touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV
-from pytest_leanhost.core.procfs import LastPid, pids_between, stat_fields
+from pytest_leanhost.core.procfs import LastPid, pids_between
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.check import Finding, LineageView
-    from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.plugin.session import LeanhostSession
 
 __all__ = ["PerTestCheck", "ReportedKey", "reported_key"]
@@ -54,15 +52,20 @@ class PerTestCheck:
 
     def __init__(self, session: LeanhostSession) -> None:
         self.session = session
-        self._clock = LastPid()
-        self._last_pid: int | None = None
         self._wider_fixture = False
+        #: The PID counter at each test's start, kept only where no lineage walks the tree.
+        self._pids: PidsSinceStart | None = None
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logstart(self, nodeid: str, location: object) -> None:
-        """Before setup: note the last PID handed out, to know later whether any was since."""
-        self._wider_fixture = False
-        self._last_pid = self._clock.read()
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Without lineage (no subreaper), note the PID counter at each test's start.
+
+        trylast: the session decided on lineage in its own (tryfirst) session start.
+        With lineage, its walk, gated by the same counter, finds the test's processes.
+        """
+        if self.session.lineage is None:
+            self._pids = PidsSinceStart()
+            session.config.pluginmanager.register(self._pids, "leanhost-pertest-pids")
 
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[object]) -> None:
         """Note a class, module, package or session fixture set up within this test."""
@@ -79,21 +82,24 @@ class PerTestCheck:
         JUnit ``<testcase>``. One wrapper per test (around teardown only), not one
         per phase: the check runs once, when every fixture of the test is torn down.
         """
+        # Setup is over: whether it set up a wider fixture is known, and the next test
+        # starts with none set up by it.
+        wider, self._wider_fixture = self._wider_fixture, False
         try:
             yield
         except Exception:  # an interrupt (KeyboardInterrupt, pytest.exit) is not checked here
-            failing = self._check(item)
+            failing = self._check(item, wider)
             if failing:  # keep the teardown's own error, and add ours beside it
                 item.add_report_section("teardown", "leanhost", _leak_text(item.nodeid, failing))
             raise
-        failing = self._check(item)
+        failing = self._check(item, wider)
         if failing:
             pytest.fail(_leak_text(item.nodeid, failing), pytrace=False)
 
-    def _check(self, item: pytest.Item) -> list[Finding]:
+    def _check(self, item: pytest.Item, wider_fixture: bool) -> list[Finding]:
         """The failing findings of ``item``, cleaned up (unless ``--leanhost-keep-leaks``)."""
         state = self.session.state
-        if state is None or self._wider_fixture:
+        if state is None or wider_fixture:
             # Rule: what a wider fixture started lives until its scope ends, past this
             # test's teardown; such a test is judged at session end, like without the option.
             return []
@@ -101,28 +107,19 @@ class PerTestCheck:
         registry = state.registry_path(nodeid) if self.session.settings.isolate else None
         holds = registry is not None and _holds_something(registry)
         lineage = self.session.lineage
-        before, after = self._last_pid, self._clock.read()
-        if before is not None and after is not None:
-            if not holds and after == before:
-                return []  # no PID was handed out: the test started nothing
-            pids = pids_between(before, after)
-            suspects = _marked(pids, state.session_id, nodeid)
-            if lineage is not None:
-                # Rule: only a PID handed out during the test can be a process born in it.
-                lineage.boundary()
-                suspects |= _owned(lineage, pids, nodeid)
-            if not holds and not suspects:
-                return []
+        if lineage is not None:
+            # Rule: pytest is a subreaper, so every process the test started, marked or
+            # not, is below it; the walk (skipped when no PID was handed out) sees them.
+            lineage.boundary()
+            suspects = lineage.alive_owned_by(nodeid)
+        elif self._pids is not None and (since := self._pids.handed_out()) is not None:
+            # Rule: only a PID handed out during the test can be a process born in it.
+            suspects = _marked(since, state.session_id, nodeid)
         else:
             suspects = self._marked_in_table(state.session_id, nodeid)
-            if lineage is not None:
-                lineage.boundary()
-                suspects |= _owned(lineage, lineage.descendants(), nodeid)
+        if not holds and not suspects:
+            return []
         return self._judge(item, registry, suspects)
-
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Close the kernel's PID counter."""
-        self._clock.close()
 
     def _marked_in_table(self, session_id: str, nodeid: str) -> set[int]:
         from pytest_leanhost.core.ownership import find_marked_processes
@@ -244,28 +241,6 @@ def _marked(pids: list[int], session_id: str, nodeid: str) -> set[int]:
     return found
 
 
-def _owned(lineage: Lineage, pids: Iterable[int], nodeid: str) -> set[int]:
-    """Those of ``pids`` that are live processes the lineage recorder gave to ``nodeid``.
-
-    Each is looked up as ``(pid, start tick)``, so a PID that now names another
-    process is not the test's; a zombie is no leak. Reads ``/proc``: lineage is
-    recorded only on Linux.
-    """
-    found: set[int] = set()
-    for pid in pids:
-        fields = stat_fields(pid)
-        if fields is None or fields[0] in (b"Z", b"X"):
-            continue
-        try:
-            tick = int(fields[19])
-        except (IndexError, ValueError):
-            continue
-        seen = lineage.lookup(pid, tick)
-        if seen is not None and nodeid in seen.owners:
-            found.add(pid)
-    return found
-
-
 def _record_pids(registry: str | None) -> set[int]:
     """The PIDs that the record names in ``registry`` stand for (by file name)."""
     if registry is None:
@@ -294,3 +269,31 @@ def _allowed(item: pytest.Item, finding: Finding) -> bool:
         not marker.args or finding.kind in marker.args
         for marker in item.iter_markers(name="leanhost_allow")
     )
+
+
+class PidsSinceStart:
+    """The PIDs handed out since the running test started (Linux: the kernel's PID counter).
+
+    Used where no lineage walks the tree: only those PIDs can be the test's own
+    processes, and only their starting environments are read.
+    """
+
+    def __init__(self) -> None:
+        self._counter = LastPid()
+        self._at_start: int | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: object) -> None:
+        """Before setup: note the last PID handed out."""
+        self._at_start = self._counter.read()
+
+    def handed_out(self) -> list[int] | None:
+        """The live PIDs handed out since; ``None`` where the kernel keeps no counter."""
+        before, after = self._at_start, self._counter.read()
+        if before is None or after is None:
+            return None
+        return pids_between(before, after)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Close the kernel's PID counter."""
+        self._counter.close()
