@@ -11,11 +11,11 @@ regular file in a session registry that is a stale or corrupt record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, Action, LeakKind
 from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
@@ -58,13 +58,12 @@ class FindingShapeError(ValueError):
     """A finding's JSON form that is not the shape :meth:`Finding.to_json` writes."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Finding:
+class Finding(NamedTuple):
     """One leak as the report tells it: what was found, where, whose test, what was done.
 
     Only what the report says lives here; what cleanup needs to act safely is a
     :class:`CleanupTarget`, kept apart. A changed finding is a new one
-    (``dataclasses.replace``), so what was reported never changes under a reader.
+    (``_replace``), so what was reported never changes under a reader.
     """
 
     kind: LeakKind
@@ -152,8 +151,7 @@ class Finding:
         )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CleanupTarget:
+class CleanupTarget(NamedTuple):
     """What cleanup needs to act on one finding, and nothing the report shows.
 
     ``create_time`` is set only for a process that carries the session id
@@ -162,11 +160,10 @@ class CleanupTarget:
     """
 
     create_time: float | None = None
-    data: bytes | None = dataclasses.field(default=None, repr=False)
+    data: bytes | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class SessionCheck:
+class SessionCheck(NamedTuple):
     """The result of one session-end check: findings, how to clean them up, the doctor's view."""
 
     findings: list[Finding]
@@ -177,11 +174,10 @@ class SessionCheck:
     records_checked: int
     seconds: float = 0.0
     #: Where each process finding's process came from, by its PID (see :class:`ProcessOrigin`).
-    origins: Mapping[int, ProcessOrigin] = dataclasses.field(default_factory=dict)
+    origins: Mapping[int, ProcessOrigin] = MappingProxyType({})
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessOrigin:
+class ProcessOrigin(NamedTuple):
     """How the check came to a process finding's process: for reports and for reaping.
 
     ``first_parent`` is the parent the lineage recorder first saw it under (None
@@ -197,8 +193,7 @@ class ProcessOrigin:
     create_time: float
 
 
-@dataclasses.dataclass(frozen=True)
-class LineageView:
+class LineageView(NamedTuple):
     """What the check needs of the run's lineage: the recorder and what to leave out.
 
     ``exclude_trees`` are PIDs whose whole subtree is someone else's (live
@@ -211,8 +206,7 @@ class LineageView:
     before: frozenset[tuple[int, int]] = frozenset()
 
 
-@dataclasses.dataclass(frozen=True)
-class WatchedView:
+class WatchedView(NamedTuple):
     """The registries a server could reach without the variable, as they were at session start.
 
     ``pytest_pids`` are the run's pytest processes (a record naming one as its
@@ -291,8 +285,7 @@ def check_session(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Snapshot:
+class _Snapshot(NamedTuple):
     """One look at the process table, and everything judged against it."""
 
     table: ProcessTable
@@ -300,9 +293,9 @@ class _Snapshot:
     marked: dict[int, MarkedProcess]
     unreadable: dict[str, str]
     #: Live descendants of the run found by lineage: PID to (create time, start tick).
-    descendants: dict[int, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    descendants: dict[int, tuple[float, int]]
     #: Records of the run's processes in watched registries, judged, with the registry.
-    watched: list[tuple[JudgedRecord, str]] = dataclasses.field(default_factory=list)
+    watched: list[tuple[JudgedRecord, str]]
 
 
 def _snapshot(
@@ -685,7 +678,7 @@ def clean_up(
             removable = finding.kind in ("stale_record", "corrupt_record") or gone
             if removable and _remove_if_unchanged(finding.record, data) and action == "none":
                 action = "record_removed"
-        done.append(dataclasses.replace(finding, action=action))
+        done.append(finding._replace(action=action))
     return done
 
 

@@ -252,7 +252,7 @@ def explain_findings(
         if finding in live:
             detail = _detail(finding, targets, snapshot, root_pid, ordered, origin)
             if detail is not None:
-                new = dataclasses.replace(finding, process=detail)
+                new = finding._replace(process=detail)
         explained.append(new)
         if finding in targets:
             rekeyed[new] = targets[finding]

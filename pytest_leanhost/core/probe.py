@@ -9,7 +9,6 @@ live record for the executable. It starts no subprocess and signals nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -185,8 +184,7 @@ def _read_psutil_table() -> dict[int, ProcessInfo]:
     return table
 
 
-@dataclasses.dataclass(frozen=True)
-class JudgedRecord:
+class JudgedRecord(NamedTuple):
     """A registry entry and what the process table says about it.
 
     The fields are the original doctor's facts (``alive`` ... ``child_pids``)

@@ -8,10 +8,10 @@ cannot make sense of becomes an entry with a reason instead of an exception.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
+from typing import NamedTuple
 
 from pytest_leanhost.files import read_regular_file
 from pytest_leanhost.record import MAX_RECORD_BYTES, ProcessRecord, RecordError
@@ -34,8 +34,7 @@ class RegistryUnreadableError(OSError):
         self.reason = reason
 
 
-@dataclasses.dataclass(frozen=True)
-class RegistryEntry:
+class RegistryEntry(NamedTuple):
     """One ``*.json`` file of a registry, as read at scan time.
 
     ``path`` is the registry path joined with the file name, as lean-host-mcp
@@ -48,7 +47,7 @@ class RegistryEntry:
     record: ProcessRecord | None
     problem: str | None
     owner_uid: int | None
-    data: bytes | None = dataclasses.field(default=None, repr=False)
+    data: bytes | None = None
 
     @property
     def is_corrupt(self) -> bool:

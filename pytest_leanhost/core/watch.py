@@ -13,11 +13,11 @@ or removed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from pytest_leanhost.core.probe import PID_REUSE_TOLERANCE
 from pytest_leanhost.core.registry import RegistryEntry, RegistryUnreadableError, scan_registry
@@ -75,15 +75,13 @@ def default_registries(
 _Fingerprint = tuple[bytes | None, str | None]
 
 
-@dataclasses.dataclass(frozen=True)
-class WatchSnapshot:
+class WatchSnapshot(NamedTuple):
     """The record files of each watched registry at session start, by name."""
 
     files: Mapping[Path, Mapping[str, _Fingerprint]]
 
 
-@dataclasses.dataclass(frozen=True)
-class SessionFacts:
+class SessionFacts(NamedTuple):
     """What proves a record is the session's: its processes, its pytest PIDs, its wall span.
 
     ``process_starts`` holds ``(pid, create time in seconds)`` of every process

@@ -13,10 +13,9 @@ line in the summary, never an error of the run.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.sessions import Leftover
@@ -27,8 +26,7 @@ EarlierMode = Literal["report", "fail", "terminate"]
 EARLIER_MODES: tuple[EarlierMode, ...] = ("report", "fail", "terminate")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EarlierLeftover:
+class EarlierLeftover(NamedTuple):
     """One process an earlier, killed run left; ``action`` is what this run did to it."""
 
     session_id: str

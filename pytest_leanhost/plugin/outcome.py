@@ -9,8 +9,8 @@ malformed report is one clear line, never an INTERNALERROR), and
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from pytest_leanhost.core.check import Finding, FindingShapeError
 
@@ -21,8 +21,7 @@ class ReportShapeError(ValueError):
     """A worker report whose JSON form is not the shape :meth:`WorkerReport.to_json` writes."""
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CheckCounts:
+class CheckCounts(NamedTuple):
     """How much one check looked at, and how long it took."""
 
     registries_checked: int = 0
@@ -43,8 +42,7 @@ class CheckCounts:
         )
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WorkerReport:
+class WorkerReport(NamedTuple):
     """One pytest process's check: its findings (cleaned up, allowed marked) and what it saw."""
 
     findings: tuple[Finding, ...] = ()
@@ -102,8 +100,7 @@ def _list_of(data: dict[object, object], key: str) -> list[object]:
     return value
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RunVerdict:
+class RunVerdict(NamedTuple):
     """The run's verdict: every process's findings and counts; reports that were unreadable."""
 
     findings: tuple[Finding, ...] = ()

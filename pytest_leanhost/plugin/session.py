@@ -614,7 +614,6 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Find
     """The findings, those of tests that allow their kind (``leanhost_allow``) marked allowed."""
     if not findings:
         return findings
-    import dataclasses
 
     items = {item.nodeid: item for item in session.items}
     marked: list[Finding] = []
@@ -624,7 +623,7 @@ def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Find
             not marker.args or finding.kind in marker.args
             for marker in item.iter_markers(name="leanhost_allow")
         )
-        marked.append(dataclasses.replace(finding, allowed=True) if allowed else finding)
+        marked.append(finding._replace(allowed=True) if allowed else finding)
     return marked
 
 

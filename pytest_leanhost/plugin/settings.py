@@ -6,11 +6,10 @@ in a missing directory) is a usage error with one clear line, before any test ru
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shlex
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 import pytest
 
@@ -28,8 +27,7 @@ CHECK_MODES: tuple[CheckMode, ...] = ("session", "test")
 __all__ = ["DEFAULT_SETTINGS", "SETTINGS_KEY", "Settings", "add_options", "read_settings"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """What the options and ini values say, validated."""
 
     doctor: bool = False
