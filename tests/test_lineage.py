@@ -269,3 +269,35 @@ def test_without_the_counter_every_boundary_walks() -> None:
     for _ in range(5):
         lineage.boundary()
     assert lineage.walks == before + 5
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_what_starts_between_two_tests_is_the_next_tests_without_a_walk() -> None:
+    lineage = Lineage()
+    lineage.begin("t::a")
+    lineage.end("t::a")
+    walks = lineage.walks
+    between = _sleeper()  # in pytest's loop only another plugin's protocol hook runs here
+    try:
+        lineage.begin("t::b")
+        assert lineage.walks == walks  # no walk of its own: nothing of a test ran since
+        lineage.end("t::b")
+        assert lineage.attribute(between.pid) == ("t::b",)
+    finally:
+        between.kill()
+        between.wait()
+
+
+def test_what_started_before_the_first_test_is_no_tests() -> None:
+    lineage = Lineage()
+    at_collection = _sleeper()  # a module that starts a process when it is imported
+    try:
+        lineage.begin("t::first")  # not right after an end: the walk sees it, outside any span
+        lineage.end("t::first")
+        assert lineage.attribute(at_collection.pid) == ()
+    finally:
+        at_collection.kill()
+        at_collection.wait()

@@ -15,11 +15,13 @@ both are wall-clock ticks (psutil's create time), which is coarser but
 consistent.
 
 Attribution rule (:class:`Lineage`). At every test boundary (``begin`` at the
-start of setup, ``end`` at the end of teardown) the recorder walks the tree
-under pytest: pytest's direct children (one read per task of pytest), then the
-children of each live descendant. The walk is skipped when the kernel's PID
-counter (:class:`~pytest_leanhost.core.procfs.LastPid`) has not moved since the
-last walk began: no process was created since, so there is nothing new to see.
+start of setup, ``end`` at the end of teardown; a ``begin`` right after an
+``end`` is no boundary of its own, since nothing of a test runs in between) the
+recorder walks the tree under pytest: pytest's direct children (one read per
+task of pytest), then the children of each live descendant. The walk is skipped
+when the kernel's PID counter (:class:`~pytest_leanhost.core.procfs.LastPid`)
+has not moved since the last walk began: no process was created since, so
+there is nothing new to see.
 That one read is all a test that starts nothing pays. Each process seen for the
 first time is remembered with
 its first-seen parent and its owner(s), decided in walk order (parents first):
@@ -259,8 +261,8 @@ class Lineage:
         #: The kernel's PID counter (``None`` where it has none: then every boundary walks).
         self._counter = LastPid() if last_pid is None else None
         self._last_pid = last_pid
-        #: The counter file's bytes (one C call): field 5 is compared as read.
-        self._pread = self._counter.pread if self._counter is not None else None
+        #: The counter's bytes (one C call on Linux), compared as read.
+        self._reading = self._counter.reading if self._counter is not None else None
         self._walked_at: object = None
         #: The root's own children, read through files kept open (Linux).
         self._root_children = TaskChildren(self.root) if _LINUX else None
@@ -272,6 +274,8 @@ class Lineage:
         #: The processes seen, by each of their owners (the per-test check asks by test).
         self._by_owner: dict[str, list[Seen]] = {}
         self._last_tick = clock()
+        #: Whether the last boundary was a test's end (the next begin then skips its walk).
+        self._ended = False
         #: How many boundaries walked the tree (the others found the PID counter unmoved).
         self.walks = 0
 
@@ -287,7 +291,7 @@ class Lineage:
 
     def close(self) -> None:
         """Close the files kept open (the PID counter, the root's children)."""
-        self._pread = None  # its file descriptor is closed now, and may be reused
+        self._reading = None  # its file descriptor is closed now, and may be reused
         if self._counter is not None:
             self._counter.close()
         if self._root_children is not None:
@@ -311,10 +315,22 @@ class Lineage:
 
         ``tick`` is now, when the caller has just read the clock (the session
         reads the phase clock); else the recorder reads its own.
+
+        Rule: right after a test's end the tree is not walked again. Between two
+        tests pytest's loop runs no test code, so what starts there (another
+        plugin's protocol hook) is the next test's: the walk at its end finds it
+        as started after the previous boundary. After anything else (session
+        start, collection, a span closed by ``_end_tests``) the walk runs, so what
+        collection started is no test's.
         """
-        self.boundary(tick)
+        if self._ended:
+            self._ended = False
+            now = self._clock() if tick is None else tick
+        else:
+            self.boundary(tick)
+            now = self._last_tick
         self._running = nodeid
-        self._spans.append((nodeid, self._last_tick, None))
+        self._spans.append((nodeid, now, None))
 
     def end(self, nodeid: str, tick: int | None = None) -> None:
         """A test's teardown ended: what appeared during its span is its own."""
@@ -331,6 +347,7 @@ class Lineage:
                     break
         if self._running == nodeid:
             self._running = None
+        self._ended = True
 
     def boundary(self, tick: int | None = None) -> None:
         """Walk the tree below the root once and remember each new process (see rules 1-3).
@@ -342,11 +359,12 @@ class Lineage:
         again; one created before the counter is read (after the clock was, say)
         moved it already, and this walk sees it.
         """
-        pread = self._pread
-        if pread is not None:
+        self._ended = False
+        reading = self._reading
+        counter: object
+        if reading is not None:
             try:
-                data = pread()  # "0.20 0.18 0.12 1/80 11206\n": the counter is the last field
-                counter: object = data[data.rfind(b" ", 0, -1) :]
+                counter = reading()
             except OSError:
                 counter = None  # walk
         else:

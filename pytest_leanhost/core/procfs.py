@@ -6,7 +6,8 @@ Standard library only.
   returned as bytes, indexed from the state (``stat_fields(pid)[0]`` is field 3
   of proc(5)): the command name sits in parentheses and may itself hold ``") "``,
   so it is cut at the last one.
-- :class:`LastPid`: the kernel's PID counter (5th field of ``/proc/loadavg``).
+- :class:`LastPid`: the kernel's PID counter (``/proc/sys/kernel/ns_last_pid``, else
+  the 5th field of ``/proc/loadavg``).
   Every process and thread created in the PID namespace, or in any namespace
   below it, moves it. Unchanged between two readings: nothing was created in
   between, so a walk of the process tree would find nothing new. (It could only
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 __all__ = ["LastPid", "TaskChildren", "pids_between", "stat_fields"]
 
+_NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _LOADAVG = "/proc/loadavg"
 _LINUX = sys.platform.startswith("linux")
 #: Up to this many PIDs handed out since a reading are tried one by one; more,
@@ -44,28 +46,38 @@ def stat_fields(pid: int | str) -> list[bytes] | None:
 class LastPid:
     """The last PID the kernel handed out in this PID namespace (Linux), else ``None``.
 
-    The file stays open and is read again from offset 0 (``pread``: one system
-    call, about a microsecond), since it is read at every test boundary.
+    Read from ``/proc/sys/kernel/ns_last_pid`` (the counter alone), or, where that
+    is missing, from the 5th field of ``/proc/loadavg``. The file stays open and
+    is read again from offset 0 (``pread``: one system call), since it is read at
+    every test boundary.
     """
 
     def __init__(self) -> None:
         self._fd: int | None = None
-        if _LINUX:
+        #: The counter's bytes now, compared as they are: equal exactly when no PID
+        #: was handed out in between. ``None`` where the kernel keeps no counter.
+        self.reading: Callable[[], bytes] | None = None
+        if not _LINUX:
+            return
+        for path in (_NS_LAST_PID, _LOADAVG):
             with contextlib.suppress(OSError):
-                self._fd = os.open(_LOADAVG, os.O_RDONLY)  # not inherited by children
-        #: The file's bytes, read again (a C call: no Python frame on a path taken
-        #: twice per test); its 5th field is the counter. ``None`` where there is none.
-        self.pread: Callable[[], bytes] | None = (
-            None if self._fd is None else functools.partial(os.pread, self._fd, 256, 0)
-        )
+                self._fd = os.open(path, os.O_RDONLY)  # not inherited by children
+                break
+        if self._fd is None:
+            return
+        pread = functools.partial(os.pread, self._fd, 256, 0)
+        if path == _NS_LAST_PID:
+            self.reading = pread  # a C call: no Python frame on a path taken every test
+        else:
+            self.reading = lambda: _last_field(pread())
 
     def read(self) -> int | None:
         """The last PID now; ``None`` where the kernel does not say."""
-        if self._fd is None:
+        if self.reading is None:
             return None
         try:
-            return int(os.pread(self._fd, 256, 0).split()[4])  # "0.20 0.18 0.12 1/80 11206"
-        except (OSError, ValueError, IndexError):
+            return int(self.reading())
+        except (OSError, ValueError):
             return None
 
     def close(self) -> None:
@@ -73,7 +85,12 @@ class LastPid:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self.pread = None
+            self.reading = None
+
+
+def _last_field(loadavg: bytes) -> bytes:
+    """The PID counter of ``/proc/loadavg`` ("0.20 0.18 0.12 1/80 11206\\n"): its last field."""
+    return loadavg[loadavg.rfind(b" ", 0, -1) + 1 :]
 
 
 def pids_between(before: int, after: int) -> list[int]:
