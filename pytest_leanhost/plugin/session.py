@@ -186,8 +186,10 @@ class LeanhostSession:
 
     def _end_tests(self) -> None:
         """Close a span left open by a loop that stopped inside a test; put the variables back."""
-        if self.phases.running is not None and self._each_test is not None:
-            self._each_test.pytest_runtest_logfinish(self.phases.running)
+        if self._each_test is not None:
+            if self.phases.running is not None:
+                self._each_test.pytest_runtest_logfinish(self.phases.running)
+            self._each_test.close_spans()
         _restore(NODEID_ENV, self._outside_nodeid)
         if self.settings.isolate:
             _restore(REGISTRY_ENV, self._user_registry_env)
@@ -538,6 +540,8 @@ class EachTest:
 
             self._ticks = clock_ticks_per_second()
         self._spans_file = session._spans_file
+        #: The last span's end line, written with the next begin (or at the loop's end).
+        self._span_end = ""
         self._registry_path = session.state.registry_path if session.settings.isolate else None
 
     @pytest.hookimpl(tryfirst=True)
@@ -548,7 +552,7 @@ class EachTest:
         if lineage is not None:
             lineage.begin(nodeid, int(now * self._ticks))
             if self._spans_file is not None:
-                self._write_span("B", lineage.last_tick, nodeid)
+                self._write_spans(f"B {lineage.last_tick} {nodeid}\n")
         environ = os.environ
         environ[NODEID_ENV] = nodeid
         if self._registry_path is not None:
@@ -562,13 +566,25 @@ class EachTest:
         if lineage is not None:
             lineage.end(nodeid, int(now * self._ticks))
             if self._spans_file is not None:
-                self._write_span("E", lineage.last_tick, nodeid)
+                self._span_end = f"E {lineage.last_tick} {nodeid}\n"
 
-    def _write_span(self, mark: str, tick: int, nodeid: str) -> None:
-        """A worker's span begins (``B``) or ends (``E``), for a controller that outlives it."""
+    def _write_spans(self, begin: str = "") -> None:
+        """Write the last span's end (``E``) and a new span's begin (``B``), for the controller.
+
+        Rule: a worker's span lines reach the file when the next test begins, in
+        one write, or when its loop ends. A worker killed in between loses only the
+        last end, nothing of a test having run since: that span stays open, and
+        still names its test for what it started.
+        """
         assert self._spans_file is not None
-        self._spans_file.write(f"{mark} {tick} {nodeid}\n")
+        self._spans_file.write(self._span_end + begin)
         self._spans_file.flush()
+        self._span_end = ""
+
+    def close_spans(self) -> None:
+        """The test loop ended: write the last span's end."""
+        if self._spans_file is not None and self._span_end:
+            self._write_spans()
 
 
 def _sigterm_to_keyboard_interrupt(signum: int, frame: types.FrameType | None) -> None:
