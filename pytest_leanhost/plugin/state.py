@@ -33,7 +33,8 @@ def registry_name(nodeid: str) -> str:
     becomes a hash, which the session root's index maps back.
     """
     name = "t-" + nodeid.replace("%", "%25").replace("/", "%2F")
-    if len(name) <= _MAX_NAME and len(name.encode()) <= _MAX_NAME:
+    # An ASCII name (a flag CPython keeps: no scan) is as long in bytes as in characters.
+    if len(name) <= _MAX_NAME and (name.isascii() or len(name.encode()) <= _MAX_NAME):
         return name
     return "h-" + hashlib.sha256(nodeid.encode()).hexdigest()[:16]
 
@@ -60,7 +61,7 @@ class SessionState:
         """The registry directory of test ``nodeid``, named, not created (once per test)."""
         name = registry_name(nodeid)
         path = self._registries_prefix + name
-        if path not in self._nodeids and not name.startswith("t-"):
+        if name[0] == "h" and path not in self._nodeids:
             # A hashed name does not say its test: the shared index does, for the controller.
             self._update_index(lambda index: index["registries"].__setitem__(name, nodeid))
         self._nodeids[path] = nodeid
