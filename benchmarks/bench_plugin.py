@@ -20,6 +20,12 @@ to also run it with ``--leanhost-check=test``).
    (stdio and HTTP alternating) through ``leanhost_server``, initializing it,
    calling a tool and stopping it; reports servers per second (whole run) and
    the session-end check time from the report (``--xdist`` applies).
+4. With ``--instructions`` (valgrind installed): instead of 1 and 2, each
+   variant of the suite and of the one-test suite runs once under callgrind,
+   and the overhead, fixed cost and cost per test are given in instructions,
+   every pytest process summed. A count does not move with the machine's load,
+   so it is the figure to compare two versions of the code by; it leaves out
+   the kernel's time (reading ``/proc``), which the timed runs include.
 """
 
 from __future__ import annotations
@@ -64,12 +70,7 @@ def run_pytest(
     directory: Path, plugin: bool, xdist: int, check: str = "session"
 ) -> tuple[float, float]:
     """One whole pytest run: (wall seconds, CPU seconds of the pytest processes)."""
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
-    if plugin and check != "session":
-        args += [f"--leanhost-check={check}"]
-    if xdist:
-        args += ["-p", "xdist", "-n", str(xdist)]
+    args = pytest_args(plugin, xdist, check)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(args, cwd=directory, env=bench_env(), stdout=subprocess.DEVNULL, check=True)
@@ -77,6 +78,73 @@ def run_pytest(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
+
+
+def pytest_args(plugin: bool, xdist: int, check: str) -> list[str]:
+    """The command line of one benchmark run of the suite in the current directory."""
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
+    if plugin and check != "session":
+        args += [f"--leanhost-check={check}"]
+    if xdist:
+        args += ["-p", "xdist", "-n", str(xdist)]
+    return args
+
+
+def count_instructions(directory: Path, plugin: bool, xdist: int, check: str = "session") -> int:
+    """The user-space instructions of one whole run, every pytest process (xdist's) summed.
+
+    Under callgrind, with hash randomization off: the same code gives the same count
+    within about 0.1 %, however loaded the machine is. (A boundary walks only when
+    another process took a PID, so a busy machine adds a little.) Kernel time,
+    such as reading ``/proc``, is not counted: the wall-clock figures hold that.
+    """
+    env = {**bench_env(), "PYTHONHASHSEED": "0"}
+    with tempfile.TemporaryDirectory(prefix="leanhost-bench-cg-") as out:
+        valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes"]
+        valgrind += [f"--callgrind-out-file={out}/cg.%p.out"]
+        basetemp = Path(out) / "basetemp"
+        done = subprocess.run(
+            [*valgrind, *pytest_args(plugin, xdist, check), f"--basetemp={basetemp}"],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+    lines = done.stderr.splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if "Collected :" in line)
+
+
+def bench_instructions(tests: int, xdist: int, check: str = "session") -> None:
+    """The overhead in instructions: each variant once, the suite and a one-test suite."""
+    variants = [("off", False, "session"), ("on", True, "session")]
+    if check == "test":
+        variants.append(("test", True, "test"))
+    counts: dict[tuple[str, str], int] = {}
+    with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
+        for size, count in (("big", tests), ("small", 1)):
+            suite = Path(tmp) / size
+            suite.mkdir()
+            write_suite(suite, count)
+            for name, plugin, mode in variants:
+                run_pytest(suite, plugin, xdist, mode)  # bytecode compiled, caches warm
+                counts[(size, name)] = count_instructions(suite, plugin, xdist, mode)
+    mode = f"-n {xdist}" if xdist else "one process"
+    print(f"{tests} trivial tests ({mode}), instructions under callgrind:")
+    off = counts[("big", "off")]
+    print(f"  -p no:leanhost         {off / 1e6:10.1f} M")
+    for name, label in (("on", "-p leanhost          "), ("test", "--leanhost-check=test")):
+        if ("big", name) not in counts:
+            continue
+        on = counts[("big", name)]
+        fixed = counts[("small", name)] - counts[("small", "off")]
+        per_test = ((on - off) - fixed) / max(1, tests - 1)
+        print(
+            f"  {label} {on / 1e6:10.1f} M  ({(on - off) / off * 100:+.2f} %)"
+            f"  fixed {fixed / 1e6:+.1f} M, {per_test / 1e3:+.1f} K/test"
+        )
 
 
 def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") -> None:
@@ -205,8 +273,16 @@ def main() -> int:
         help="test: also run the suite with --leanhost-check=test",
     )
     parser.add_argument("--skip-suite", action="store_true", help="only the session-end check")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions under valgrind's callgrind instead of timing (one run each)",
+    )
     parser.add_argument("--servers", type=int, default=0, help="also run N real server tests")
     args = parser.parse_args()
+    if args.instructions:
+        bench_instructions(args.tests, args.xdist, args.check)
+        return 0
     if not args.skip_suite:
         bench_overhead(args.tests, args.runs, args.xdist, args.check)
     bench_session_check(2000, 200, max(args.runs, 5))
