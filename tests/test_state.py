@@ -34,7 +34,7 @@ def test_a_test_without_a_server_leaves_no_directory(tmp_path: Path) -> None:
     assert state.all_registries() == {}
 
 
-def test_worker_pids_are_shared_through_the_index(tmp_path: Path) -> None:
+def test_worker_pids_are_shared_through_the_session_root(tmp_path: Path) -> None:
     SessionState("lh-1", tmp_path, worker="gw0").register_worker("gw0", 11)
     SessionState("lh-1", tmp_path, worker="gw1").register_worker("gw1", 12)
     assert SessionState("lh-1", tmp_path).worker_pids() == {11, 12}
