@@ -319,9 +319,9 @@ class Lineage:
         Rule: right after a test's end the tree is not walked again. Between two
         tests pytest's loop runs no test code, so what starts there (another
         plugin's protocol hook) is the next test's: the walk at its end finds it
-        as started after the previous boundary. After anything else (session
-        start, collection, a span closed by ``_end_tests``) the walk runs, so what
-        collection started is no test's.
+        as started after the previous boundary. Otherwise (the first test, after
+        session start and collection) the walk runs, so what collection started
+        is no test's.
         """
         if self._ended:
             self._ended = False
