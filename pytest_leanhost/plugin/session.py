@@ -31,8 +31,6 @@ from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
-    from typing import TextIO
-
     from pytest_leanhost.core.check import Finding, LineageView, SessionCheck, WatchedView
     from pytest_leanhost.core.lineage import Lineage, Span
     from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
@@ -91,7 +89,8 @@ class LeanhostSession:
         self.lineage: Lineage | None = None
         self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
-        self._spans_file: TextIO | None = None
+        #: A worker's spans file (a raw descriptor, appended to: one system call a test).
+        self._spans_fd: int | None = None
         #: What ``--leanhost-check=test`` reported at a test's teardown (``plugin.pertest``):
         #: not reported again at session end.
         self.reported_at_teardown: set[ReportedKey] = set()
@@ -151,8 +150,10 @@ class LeanhostSession:
         if self.workerid is not None:
             # A worker's spans also go to the session root, line by line, so the
             # controller can still name the tests of a worker that died.
-            self._spans_file = open(  # noqa: SIM115 - closed at unconfigure
-                root / f"spans-{self.workerid}.txt", "a", encoding="utf-8"
+            self._spans_fd = os.open(
+                root / f"spans-{self.workerid}.txt",
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
             )
 
     def _start_watch(self) -> None:
@@ -471,9 +472,9 @@ class LeanhostSession:
         """Put back the environment and the SIGTERM handler; remove a private root."""
         if self.earlier is not None:
             self.earlier.end()  # a run that never reached session finish
-        if self._spans_file is not None:
-            self._spans_file.close()
-            self._spans_file = None
+        if self._spans_fd is not None:
+            os.close(self._spans_fd)
+            self._spans_fd = None
         if self.lineage is not None:
             self.lineage.close()
         for name, value in self._saved_env.items():
@@ -539,7 +540,7 @@ class EachTest:
             from pytest_leanhost.core.lineage import clock_ticks_per_second
 
             self._ticks = clock_ticks_per_second()
-        self._spans_file = session._spans_file
+        self._spans_fd = session._spans_fd
         #: The last span's end line, written with the next begin (or at the loop's end).
         self._span_end = ""
         self._registry_path = session.state.registry_path if session.settings.isolate else None
@@ -551,7 +552,7 @@ class EachTest:
         lineage = self._lineage
         if lineage is not None:
             lineage.begin(nodeid, int(now * self._ticks))
-            if self._spans_file is not None:
+            if self._spans_fd is not None:
                 self._write_spans(f"B {lineage.last_tick} {nodeid}\n")
         environ = os.environ
         environ[NODEID_ENV] = nodeid
@@ -565,7 +566,7 @@ class EachTest:
         lineage = self._lineage
         if lineage is not None:
             lineage.end(nodeid, int(now * self._ticks))
-            if self._spans_file is not None:
+            if self._spans_fd is not None:
                 self._span_end = f"E {lineage.last_tick} {nodeid}\n"
 
     def _write_spans(self, begin: str = "") -> None:
@@ -576,14 +577,13 @@ class EachTest:
         last end, nothing of a test having run since: that span stays open, and
         still names its test for what it started.
         """
-        assert self._spans_file is not None
-        self._spans_file.write(self._span_end + begin)
-        self._spans_file.flush()
+        assert self._spans_fd is not None
+        os.write(self._spans_fd, (self._span_end + begin).encode())
         self._span_end = ""
 
     def close_spans(self) -> None:
         """The test loop ended: write the last span's end."""
-        if self._spans_file is not None and self._span_end:
+        if self._spans_fd is not None and self._span_end:
             self._write_spans()
 
 
