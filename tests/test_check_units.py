@@ -17,20 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_leanhost.core.check import (
-    CleanupTarget,
-    Finding,
-    FindingShapeError,
-    check_session,
-    clean_up,
-)
-from pytest_leanhost.core.explain import (
-    AncestorDetail,
-    PhaseSpan,
-    ProcessDetail,
-    RelativeDetail,
-    phase_of,
-)
+from pytest_leanhost.core.check import check_session, clean_up
+from pytest_leanhost.core.detail import AncestorDetail, PhaseSpan, ProcessDetail, RelativeDetail
+from pytest_leanhost.core.explain import phase_of
+from pytest_leanhost.core.finding import CleanupTarget, Finding, FindingShapeError
 from pytest_leanhost.core.kinds import ACTIONS, KINDS, LEAK_KINDS, Action, LeakKind
 from pytest_leanhost.files import write_atomically
 from pytest_leanhost.plugin.outcome import CheckCounts, ReportShapeError, RunVerdict, WorkerReport
@@ -86,8 +76,8 @@ def test_a_record_of_a_dead_pid_is_a_stale_record_and_cleanup_removes_it(
         registry=str(registry),
         detail="",
     )
-    assert checked.targets[finding] == CleanupTarget(data=path.read_bytes())
-    (done,) = clean_up(checked.findings, checked.targets, shutdown_timeout=1.0)
+    assert checked.pairs == [(finding, CleanupTarget(data=path.read_bytes()))]
+    (done,) = clean_up(checked.pairs, shutdown_timeout=1.0)
     assert done == finding._replace(action="record_removed")
     assert finding.action == "none"  # the check's finding is unchanged
     assert not path.exists()
@@ -101,7 +91,7 @@ def test_a_record_rewritten_after_the_check_is_not_removed(tmp_path: Path) -> No
     (finding,) = checked.findings
     assert finding.kind == "corrupt_record"
     path.write_bytes(b"{ still not json, but other bytes")
-    (done,) = clean_up(checked.findings, checked.targets, shutdown_timeout=1.0)
+    (done,) = clean_up(checked.pairs, shutdown_timeout=1.0)
     assert done.action == "none"
     assert path.exists()
 
@@ -111,7 +101,7 @@ def test_a_finding_without_a_cleanup_target_is_left_alone(tmp_path: Path) -> Non
     path = registry / f"{dead_pid()}.json"
     path.write_bytes(b"garbage")
     checked = check_session({str(registry): None}, None, grace=0)
-    (done,) = clean_up(checked.findings, {}, shutdown_timeout=1.0)
+    (done,) = clean_up([(f, CleanupTarget()) for f in checked.findings], shutdown_timeout=1.0)
     assert done.action == "none"
     assert path.exists()
 

@@ -54,8 +54,11 @@ def test_a_forgotten_subprocess_is_an_error_at_teardown_of_exactly_its_test(
     assert errors_at_teardown(output) == ["test_forgets_a_child"], output
     run.result.assert_outcomes(passed=3, errors=1)
     assert "leaked_process test_suite.py::test_forgets_a_child pid=" in output
-    # Cleaned at teardown, so not reported again at session end.
-    assert run.report["findings"] == []
+    # Cleaned at teardown, and in the run's one ledger once, as found at teardown.
+    assert [(f["nodeid"], f["found_at"]) for f in run.report["findings"]] == [
+        ("test_suite.py::test_forgets_a_child", "teardown")
+    ]
+    assert "leanhost: 1 leak(s) failed the run (1 reported at teardown)" in output, output
     inner.assert_nothing_left()
 
 
@@ -80,9 +83,16 @@ def test_junit_has_an_error_under_the_leaking_testcase_only(
     junit = tmp_path / "junit.xml"
     inner.run("-p", "no:randomly", "--leanhost-check=test", f"--junitxml={junit}")
     cases = {case.get("name"): case for case in ET.parse(junit).iter("testcase")}
+    check = cases.pop("leanhost_session_leak_check")
     assert set(cases) == {"test_before", "test_forgets_a_child", "test_after"}
     errors = {name: case.findall("error") for name, case in cases.items()}
     assert [name for name, found in errors.items() if found] == ["test_forgets_a_child"]
+    # The run's ledger lists the leak once more, without failing it a second time.
+    leaks = [p.get("value", "") for p in check.iter("property") if p.get("name") == "leanhost_leak"]
+    assert len(leaks) == 1, leaks
+    assert leaks[0].startswith("leaked_process test_suite.py::test_forgets_a_child pid=")
+    assert check.findall("failure") == []
+    assert check.findall("error") == []
     message = errors["test_forgets_a_child"][0].get("message", "")
     assert "failed on teardown" in message
     assert "leaked_process" in message
@@ -147,7 +157,9 @@ def test_what_a_server_starts_after_its_test_ended_is_caught_at_session_end(
 
 def test_a_bad_check_mode_is_one_usage_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite="def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "leanhost", "--leanhost-check=bogus")
+    result = pytester.runpytest_subprocess(
+        "-p", "leanhost", "-p", "no:asyncio", "--leanhost-check=bogus"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if line.strip()]
     assert lines == ["ERROR: leanhost: --leanhost-check 'bogus' must be one of session, test"]
@@ -301,9 +313,10 @@ def test_a_leak_whose_launcher_dropped_the_environment_is_an_error_at_its_own_te
         # Named under no other test's teardown.
         others = [other for other_name, other in errors.items() if other_name != name]
         assert all(f"pid={leaked.pid} " not in other for other in others), output
-    # Stopped at teardown, so the session end reports nothing a second time.
-    assert run.report["findings"] == [], output
-    assert "leanhost: no leaks" in output, output
+    # Stopped at teardown: in the ledger once each, as found at teardown, never twice.
+    found = sorted((f["nodeid"], f["found_at"]) for f in run.report["findings"])
+    assert found == sorted((f"test_suite.py::{name}", "teardown") for name in errors), output
+    assert f"{len(errors)} leak(s) failed the run ({len(errors)} reported at teardown)" in output
     inner.assert_nothing_left()
 
 
@@ -357,7 +370,7 @@ def test_an_adopted_worker_stopped_at_teardown_is_reaped_and_its_popen_parent_is
     for name in ("parent", "worker"):
         (leaked,) = read_log(pytester.path / f"leaked-{name}.pid")
         assert f"pid={leaked.pid} transport=- action=terminated" in errors["test_leaks_a_tree"]
-    assert run.report["findings"] == [], output
+    assert {f["found_at"] for f in run.report["findings"]} == {"teardown"}, output
     inner.assert_nothing_left()
 
 

@@ -106,7 +106,9 @@ def test_nothing():
 """,
     )
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["leanhost: no leaks (1 registries checked in * ms)"])
+    result.stdout.fnmatch_lines(
+        ["leanhost: no leaks (2 tests, * processes seen, 1 registries, checked in * ms)"]
+    )
     assert data["findings"] == []
     assert data["registries_checked"] == 1
     assert data["interrupted"] is False

@@ -13,18 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
-from pytest_leanhost.core.kinds import ACTIONS, KINDS, Action, LeakKind
+from pytest_leanhost.core.finding import CleanupTarget, Finding, Pair, ProcessOrigin
+from pytest_leanhost.core.kinds import Action, LeakKind
 from pytest_leanhost.core.ownership import MarkedProcess, find_marked_processes
 from pytest_leanhost.core.probe import ProcessTable
 
 # What loads only when there is something to judge, explain, wait for or stop: a
 # run whose tests started no server never imports the doctor, the explanation or psutil.
 if TYPE_CHECKING:
-    from pytest_leanhost.core.explain import ProcessDetail
     from pytest_leanhost.core.lineage import Lineage
     from pytest_leanhost.core.probe import JudgedRecord
     from pytest_leanhost.core.processes import PinnedProcess
@@ -32,11 +32,7 @@ if TYPE_CHECKING:
     from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
 
 __all__ = [
-    "CleanupTarget",
-    "Finding",
-    "FindingShapeError",
     "LineageView",
-    "ProcessOrigin",
     "SessionCheck",
     "WatchedView",
     "check_session",
@@ -51,123 +47,11 @@ _VERDICT_KIND: dict[str, LeakKind] = {
     "corrupt": "corrupt_record",
 }
 
-_TEXT_FIELDS = ("nodeid", "transport", "record", "registry", "worker")
-
-
-class FindingShapeError(ValueError):
-    """A finding's JSON form that is not the shape :meth:`Finding.to_json` writes."""
-
-
-class Finding(NamedTuple):
-    """One leak as the report tells it: what was found, where, whose test, what was done.
-
-    Only what the report says lives here; what cleanup needs to act safely is a
-    :class:`CleanupTarget`, kept apart. A changed finding is a new one
-    (``_replace``), so what was reported never changes under a reader.
-    """
-
-    kind: LeakKind
-    nodeid: str | None = None
-    pid: int | None = None
-    transport: str | None = None
-    record: str | None = None
-    registry: str | None = None
-    detail: str = ""
-    action: Action = "none"
-    allowed: bool = False
-    worker: str | None = None
-    #: What the process is (schema version 2); ``None`` for a record-only finding.
-    process: ProcessDetail | None = None
-    #: Every test the leak may belong to, ``nodeid`` first; more than one only when
-    #: the start tick could not tell them apart (never one picked at random).
-    nodeids: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, object]:
-        """The report's object for this finding."""
-        return {
-            "kind": self.kind,
-            "nodeid": self.nodeid,
-            "pid": self.pid,
-            "transport": self.transport,
-            "record": self.record,
-            "registry": self.registry,
-            "action": self.action,
-            "allowed": self.allowed,
-            "worker": self.worker,
-            "detail": self.detail,
-            "process": self.process.to_json() if self.process is not None else None,
-            "nodeids": list(self.nodeids or ((self.nodeid,) if self.nodeid else ())),
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> Finding:
-        """Rebuild a finding from its JSON form; :class:`FindingShapeError` if it is not one."""
-        if not isinstance(data, dict):
-            raise FindingShapeError(f"a finding is a JSON object, not {type(data).__name__}")
-        kind, action = data.get("kind"), data.get("action", "none")
-        if kind not in KINDS:
-            raise FindingShapeError(f"unknown leak kind {kind!r}")
-        if action not in ACTIONS:
-            raise FindingShapeError(f"unknown action {action!r}")
-        pid = data.get("pid")
-        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
-            raise FindingShapeError(f"pid is {pid!r}, not an integer or null")
-        texts: dict[str, str | None] = {}
-        for key in _TEXT_FIELDS:
-            value = data.get(key)
-            if value is not None and not isinstance(value, str):
-                raise FindingShapeError(f"{key} is {value!r}, not a string or null")
-            texts[key] = value
-        detail, allowed = data.get("detail", ""), data.get("allowed", False)
-        if not isinstance(detail, str) or not isinstance(allowed, bool):
-            raise FindingShapeError("detail must be a string and allowed a boolean")
-        process = data.get("process")
-        detail_of = None
-        if process is not None:
-            from pytest_leanhost.core.explain import DetailShapeError, ProcessDetail
-
-            try:
-                detail_of = ProcessDetail.from_json(process)
-            except DetailShapeError as exc:
-                raise FindingShapeError(str(exc)) from None
-        nodeids = data.get("nodeids", [])
-        if not isinstance(nodeids, list) or not all(isinstance(n, str) for n in nodeids):
-            raise FindingShapeError(f"nodeids is {nodeids!r}, not a list of strings")
-        if tuple(nodeids) == ((texts["nodeid"],) if texts["nodeid"] else ()):
-            nodeids = []  # the plain single-test form: kept as the default
-        return cls(
-            process=detail_of,
-            kind=kind,
-            pid=pid,
-            detail=detail,
-            action=action,
-            allowed=allowed,
-            nodeid=texts["nodeid"],
-            transport=texts["transport"],
-            record=texts["record"],
-            registry=texts["registry"],
-            worker=texts["worker"],
-            nodeids=tuple(nodeids),
-        )
-
-
-class CleanupTarget(NamedTuple):
-    """What cleanup needs to act on one finding, and nothing the report shows.
-
-    ``create_time`` is set only for a process that carries the session id
-    (ownership proven), pinning the PID to the process that was found; ``data``
-    holds the record bytes that were judged, so only that very file is removed.
-    """
-
-    create_time: float | None = None
-    data: bytes | None = None
-
 
 class SessionCheck(NamedTuple):
-    """The result of one session-end check: findings, how to clean them up, the doctor's view."""
+    """The result of one check: findings with their cleanup targets, the doctor's view."""
 
-    findings: list[Finding]
-    targets: dict[Finding, CleanupTarget]
+    pairs: list[Pair]
     judged: dict[str, list[JudgedRecord]]
     nodeids: dict[str, str | None]
     registries_checked: int
@@ -175,22 +59,13 @@ class SessionCheck(NamedTuple):
     seconds: float = 0.0
     #: Where each process finding's process came from, by its PID (see :class:`ProcessOrigin`).
     origins: Mapping[int, ProcessOrigin] = MappingProxyType({})
+    #: How many of the run's processes were alive to be looked at (marked or by lineage).
+    processes_looked_at: int = 0
 
-
-class ProcessOrigin(NamedTuple):
-    """How the check came to a process finding's process: for reports and for reaping.
-
-    ``first_parent`` is the parent the lineage recorder first saw it under (None
-    when it never saw it at a boundary); ``lineage_only`` says no marker was
-    found (the launcher dropped the environment); ``start_tick`` is its start
-    in :func:`~pytest_leanhost.core.lineage.boottime_ticks`' clock.
-    """
-
-    pid: int
-    first_parent: int | None
-    lineage_only: bool
-    start_tick: int | None
-    create_time: float
+    @property
+    def findings(self) -> list[Finding]:
+        """The findings alone, in order."""
+        return [finding for finding, _ in self.pairs]
 
 
 class LineageView(NamedTuple):
@@ -232,6 +107,7 @@ def check_session(
     session_id: str | None,
     *,
     exclude_pids: Iterable[int] = (),
+    helpers: Collection[int] = (),
     grace: float = 1.0,
     worker: str | None = None,
     only_worker: str | None = None,
@@ -252,7 +128,7 @@ def check_session(
     they reached without the variable.
     """
     started = time.perf_counter()
-    excluded = {os.getpid(), *exclude_pids}
+    excluded = {os.getpid(), *exclude_pids, *helpers}
     snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
     candidates = [_pid(item) for items in snapshot.judged.values() for item in items if item.alive]
     candidates += [_pid(item) for item, _ in snapshot.watched if item.alive]
@@ -270,18 +146,20 @@ def check_session(
         if wait_gone(procs, grace) != procs:
             # Something exited in the grace: judge again what is left now.
             snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
-    classified = _classify(registries, snapshot, worker)
+    classified = _classify(
+        registries, snapshot, worker, _helper_children(snapshot, helpers, lineage)
+    )
     classified += _classify_watched(snapshot, lineage, worker)
     classified += _classify_descendants(classified, snapshot, lineage, worker)
     return SessionCheck(
-        findings=[finding for finding, _ in classified],
-        targets=dict(classified),
+        pairs=classified,
         judged=snapshot.judged,
         nodeids=dict(registries),
         registries_checked=len(registries),
         records_checked=sum(len(items) for items in snapshot.judged.values()),
         seconds=time.perf_counter() - started,
         origins=_origins(classified, snapshot, lineage),
+        processes_looked_at=len(snapshot.marked.keys() | snapshot.descendants.keys()),
     )
 
 
@@ -412,8 +290,29 @@ def _judge_registries(
     return judged, unreadable
 
 
+def _helper_children(
+    snapshot: _Snapshot, helpers: Collection[int], view: LineageView | None
+) -> dict[int, tuple[str, ...]]:
+    """The tests of each marked process a fork server started, by lineage (none without).
+
+    Rule: a fork server's children inherit the environment of the test that
+    started the fork server, not of the test that asked for them; their marker
+    names the wrong test, so only lineage names theirs.
+    """
+    if not helpers:
+        return {}
+    found: dict[int, tuple[str, ...]] = {}
+    for pid in snapshot.marked:
+        if _has_ancestor_in(snapshot.table, pid, set(helpers)):
+            found[pid] = view.lineage.attribute(pid, snapshot.table) if view is not None else ()
+    return found
+
+
 def _classify(
-    registries: Mapping[str, str | None], snapshot: _Snapshot, worker: str | None
+    registries: Mapping[str, str | None],
+    snapshot: _Snapshot,
+    worker: str | None,
+    helper_children: Mapping[int, tuple[str, ...]],
 ) -> list[tuple[Finding, CleanupTarget]]:
     """Each leftover as a finding, with what cleanup may act on (never on a foreign one)."""
     found: list[tuple[Finding, CleanupTarget]] = []
@@ -456,8 +355,16 @@ def _classify(
     for pid, proc in sorted(snapshot.marked.items()):
         if pid in servers or _has_ancestor_in(snapshot.table, pid, servers):
             continue  # a live server's own worker: part of that server's leak
+        nodeid, nodeids = proc.nodeid, tuple[str, ...]()
+        if pid in helper_children:
+            owners = helper_children[pid]
+            nodeid, nodeids = (owners[0] if owners else None), owners if len(owners) > 1 else ()
         finding = Finding(
-            kind="leaked_process", nodeid=proc.nodeid, pid=pid, worker=proc.worker or worker
+            kind="leaked_process",
+            nodeid=nodeid,
+            nodeids=nodeids,
+            pid=pid,
+            worker=proc.worker or worker,
         )
         found.append((finding, CleanupTarget(create_time=proc.create_time)))
     return found
@@ -643,11 +550,7 @@ def _has_ancestor_in(table: ProcessTable, pid: int, ancestors: set[int]) -> bool
     return False
 
 
-def clean_up(
-    findings: Sequence[Finding],
-    targets: Mapping[Finding, CleanupTarget],
-    shutdown_timeout: float,
-) -> list[Finding]:
+def clean_up(pairs: Sequence[Pair], shutdown_timeout: float) -> list[Finding]:
     """Stop the run's own leaked processes and remove stale and corrupt records.
 
     Processes: SIGTERM to all at once, up to ``shutdown_timeout`` to exit, then
@@ -658,9 +561,8 @@ def clean_up(
     again, each with the action taken.
     """
     pinned: dict[int, PinnedProcess] = {}
-    for finding in findings:
-        target = targets.get(finding)
-        if target is None or target.create_time is None or finding.pid is None:
+    for finding, target in pairs:
+        if target.create_time is None or finding.pid is None:
             continue
         if finding.pid not in pinned:
             proc = _pinned(finding.pid, target.create_time)
@@ -668,8 +570,7 @@ def clean_up(
                 pinned[finding.pid] = proc
     stopped, still_running = _stop_all(pinned, shutdown_timeout)
     done: list[Finding] = []
-    for finding in findings:
-        target = targets.get(finding, CleanupTarget())
+    for finding, target in pairs:
         owned = target.create_time is not None and finding.pid in pinned
         action: Action = stopped[finding.pid] if owned and finding.pid is not None else "none"
         data = target.data

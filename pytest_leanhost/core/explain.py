@@ -16,171 +16,23 @@ from an xdist worker to the controller as JSON.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pytest_leanhost.core.check import CleanupTarget, Finding, ProcessOrigin
-    from pytest_leanhost.core.probe import ProcessTable
-
-__all__ = [
-    "PHASES",
-    "AncestorDetail",
-    "DetailShapeError",
-    "Phase",
-    "PhaseSpan",
-    "ProcessDetail",
-    "RelativeDetail",
-    "explain_findings",
-    "phase_of",
-]
-
-#: Where a process started: a phase of a test, or outside every test (``session``).
-Phase = Literal["setup", "call", "teardown", "session"]
-PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "session")
-
-_ESCAPES = (
-    "environment_dropped",
-    "new_session",
-    "new_process_group",
-    "reparented",
-    "daemonized",
+from pytest_leanhost.core.detail import (
+    ESCAPES,
+    AncestorDetail,
+    Phase,
+    PhaseSpan,
+    ProcessDetail,
+    RelativeDetail,
 )
 
+if TYPE_CHECKING:
+    from pytest_leanhost.core.finding import CleanupTarget, Finding, Pair, ProcessOrigin
+    from pytest_leanhost.core.probe import ProcessTable
 
-class DetailShapeError(ValueError):
-    """A process detail's JSON form that is not the shape :meth:`ProcessDetail.to_json` writes."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseSpan:
-    """One phase of one test, in seconds of the process start clock (``CLOCK_BOOTTIME``)."""
-
-    nodeid: str
-    phase: Phase
-    start: float
-    end: float
-
-
-@dataclasses.dataclass(frozen=True)
-class AncestorDetail:
-    """One known ancestor: PID, command line (empty when unknown), whether it is alive."""
-
-    pid: int
-    cmdline: tuple[str, ...]
-    alive: bool
-
-    def to_json(self) -> dict[str, object]:
-        """The report's object for this ancestor."""
-        return {"pid": self.pid, "cmdline": list(self.cmdline), "alive": self.alive}
-
-
-@dataclasses.dataclass(frozen=True)
-class RelativeDetail:
-    """A live descendant of a leaked process: PID, its parent, command line."""
-
-    pid: int
-    ppid: int
-    cmdline: tuple[str, ...]
-
-    def to_json(self) -> dict[str, object]:
-        """The report's object for this descendant."""
-        return {"pid": self.pid, "ppid": self.ppid, "cmdline": list(self.cmdline)}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ProcessDetail:
-    """What a leaked process is, as the report's ``process`` object tells it."""
-
-    cmdline: tuple[str, ...]
-    cwd: str | None
-    started_unix: float
-    age_seconds: float
-    phase: Phase
-    started_in: str | None
-    ancestry: tuple[AncestorDetail, ...] = ()
-    escaped: tuple[str, ...] = ()
-    descendants: tuple[RelativeDetail, ...] = ()
-
-    def to_json(self) -> dict[str, object]:
-        """The report's ``process`` object (schema version 2)."""
-        return {
-            "cmdline": list(self.cmdline),
-            "cwd": self.cwd,
-            "started_unix": self.started_unix,
-            "age_seconds": round(self.age_seconds, 3),
-            "phase": self.phase,
-            "started_in": self.started_in,
-            "ancestry": [a.to_json() for a in self.ancestry],
-            "escaped": list(self.escaped),
-            "descendants": [d.to_json() for d in self.descendants],
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> ProcessDetail:
-        """Rebuild a detail; :class:`DetailShapeError` saying what is wrong if it is not one."""
-        try:
-            return cls._from_json(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DetailShapeError(f"malformed process detail: {exc}") from None
-
-    @classmethod
-    def _from_json(cls, data: object) -> ProcessDetail:
-        if not isinstance(data, dict):
-            raise TypeError(f"a JSON object, not {type(data).__name__}")
-        phase = data["phase"]
-        if phase not in PHASES:
-            raise ValueError(f"unknown phase {phase!r}")
-        escaped = _strings(data["escaped"])
-        if not set(escaped) <= set(_ESCAPES):
-            raise ValueError(f"unknown escape words in {escaped}")
-        cwd, started_in = data["cwd"], data["started_in"]
-        if cwd is not None and not isinstance(cwd, str):
-            raise TypeError("cwd is not a string")
-        if started_in is not None and not isinstance(started_in, str):
-            raise TypeError("started_in is not a string")
-        return cls(
-            cmdline=_strings(data["cmdline"]),
-            cwd=cwd,
-            started_unix=_number(data["started_unix"]),
-            age_seconds=_number(data["age_seconds"]),
-            phase=phase,
-            started_in=started_in,
-            ancestry=tuple(
-                AncestorDetail(_int(a["pid"]), _strings(a["cmdline"]), bool(a["alive"]))
-                for a in _list(data["ancestry"])
-            ),
-            escaped=escaped,
-            descendants=tuple(
-                RelativeDetail(_int(d["pid"]), _int(d["ppid"]), _strings(d["cmdline"]))
-                for d in _list(data.get("descendants", []))
-            ),
-        )
-
-
-def _list(value: object) -> list[dict[str, object]]:
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise TypeError("expected a list of objects")
-    return value
-
-
-def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise TypeError("expected a list of strings")
-    return tuple(value)
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{value!r} is not a number")
-    return float(value)
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{value!r} is not an integer")
-    return value
+__all__ = ["explain_findings", "phase_of"]
 
 
 def phase_of(
@@ -197,8 +49,13 @@ def phase_of(
     starting environment (pytest's ``PYTEST_CURRENT_TEST``, as ``(node id,
     phase)``) wins when it overlaps the tick: the clock confirms what the
     environment says. Then a phase of ``prefer`` (the test the finding already
-    names, by its registry or marker) wins over other tests' phases; among the
-    rest, the one that overlaps most of the interval (the later one on a tie).
+    names, by its registry or marker) wins over other tests' phases; then any
+    phase over a teardown; among the rest, the one that overlaps most of the
+    interval (the later one on a tie). Rule: a teardown takes a tick only when
+    no other phase shares it. A body that starts a process and returns at once
+    ends a millisecond into a ten-millisecond tick, and the teardown after it
+    (the per-test check's grace among it) covers the rest, yet teardowns stop
+    processes far more often than they start them.
     ``spans`` must be sorted by start. No overlap: ``session`` (a session-scoped
     fixture, collection, another hook), no test.
     """
@@ -207,61 +64,58 @@ def phase_of(
     starts = [span.start for span in spans]
     index = bisect.bisect_right(starts, high)
     best: PhaseSpan | None = None
-    best_overlap = 0.0
+    best_rank: tuple[bool, bool, bool, float] = (False, False, False, 0.0)
     # Phases do not overlap each other, so only the few before ``index`` can reach the interval.
-    best_rank = (False, False)
     for span in reversed(spans[max(0, index - 8) : index]):
         overlap = min(high, span.end) - max(low, span.start)
         if overlap <= 0:
             continue
-        rank = (named == (span.nodeid, span.phase), prefer is not None and span.nodeid == prefer)
-        if (*rank, overlap) > (*best_rank, best_overlap):
-            best, best_overlap, best_rank = span, overlap, rank
+        rank = (
+            named == (span.nodeid, span.phase),
+            prefer is not None and span.nodeid == prefer,
+            span.phase != "teardown",
+            overlap,
+        )
+        if rank > best_rank:
+            best, best_rank = span, rank
     if best is None:
         return "session", None
     return best.phase, best.nodeid
 
 
 def explain_findings(
-    findings: Sequence[Finding],
-    targets: Mapping[Finding, CleanupTarget],
+    pairs: Sequence[Pair],
     *,
     root_pid: int,
     spans: Sequence[PhaseSpan],
     origin: Callable[[int], ProcessOrigin | None] | None = None,
     table: ProcessTable | None = None,
-) -> tuple[list[Finding], dict[Finding, CleanupTarget]]:
-    """Each finding about a live process with its :class:`ProcessDetail`; targets re-keyed.
+) -> list[Pair]:
+    """Each finding about a live process with its :class:`ProcessDetail`, beside its target.
 
     ``root_pid`` is the pytest process (ancestry ends there); ``spans`` the
     timed test phases; ``origin`` what lineage knows of a PID, if the caller has
     lineage. A finding whose process is gone (or whose PID now names a younger
     process) keeps ``process=None``.
     """
-    live = [f for f in findings if f.pid is not None and f.kind != "stale_record"]
-    if not live:
-        return list(findings), dict(targets)
+    if not any(f.pid is not None and f.kind != "stale_record" for f, _ in pairs):
+        return list(pairs)
     from pytest_leanhost.core.probe import ProcessTable
 
     snapshot = ProcessTable.snapshot() if table is None else table
     ordered = sorted(spans, key=lambda span: span.start)
-    explained: list[Finding] = []
-    rekeyed: dict[Finding, CleanupTarget] = {}
-    for finding in findings:
-        new = finding
-        if finding in live:
-            detail = _detail(finding, targets, snapshot, root_pid, ordered, origin)
-            if detail is not None:
-                new = finding._replace(process=detail)
-        explained.append(new)
-        if finding in targets:
-            rekeyed[new] = targets[finding]
-    return explained, rekeyed
+    explained: list[Pair] = []
+    for finding, target in pairs:
+        detail = None
+        if finding.pid is not None and finding.kind != "stale_record":
+            detail = _detail(finding, target, snapshot, root_pid, ordered, origin)
+        explained.append((finding if detail is None else finding._replace(process=detail), target))
+    return explained
 
 
 def _detail(
     finding: Finding,
-    targets: Mapping[Finding, CleanupTarget],
+    target: CleanupTarget,
     table: ProcessTable,
     root_pid: int,
     spans: Sequence[PhaseSpan],
@@ -274,8 +128,7 @@ def _detail(
     assert finding.pid is not None
     pid = finding.pid
     info = table.get(pid)
-    target = targets.get(finding)
-    create_time = target.create_time if target is not None else None
+    create_time = target.create_time
     if create_time is None:
         if info is None or info.zombie:
             return None
@@ -309,7 +162,7 @@ def _detail(
         words.add("reparented")
     # A server's record names the parent it had when it registered: another one now
     # means it was adopted (by pytest, the subreaper, when its launcher exited unseen).
-    recorded_parent = _recorded_parent(target.data if target is not None else None)
+    recorded_parent = _recorded_parent(target.data)
     if recorded_parent is not None and current_parent not in (None, recorded_parent):
         words.add("reparented")
     known = {pid: first_parent} if first_parent is not None else {}
@@ -322,7 +175,7 @@ def _detail(
         phase=phase,
         started_in=started_in,
         ancestry=tuple(AncestorDetail(a.pid, a.cmdline, a.alive) for a in chain),
-        escaped=tuple(word for word in _ESCAPES if word in words),
+        escaped=tuple(word for word in ESCAPES if word in words),
         descendants=_descendants(pid, table),
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["ACTIONS", "KINDS", "LEAK_KINDS", "Action", "LeakKind"]
+__all__ = ["ACTIONS", "FOUND_AT", "KINDS", "LEAK_KINDS", "Action", "FoundAt", "LeakKind"]
 
 #: What the session-end check can find.
 LeakKind = Literal[
@@ -20,7 +20,11 @@ LeakKind = Literal[
 #: What the plugin did about a finding.
 Action = Literal["none", "record_removed", "terminated", "killed"]
 
+#: When the check found a leak: at its test's teardown (``--leanhost-check=test``) or at the end.
+FoundAt = Literal["teardown", "session_end"]
+
 KINDS: tuple[LeakKind, ...] = get_args(LeakKind)
+FOUND_AT: tuple[FoundAt, ...] = get_args(FoundAt)
 ACTIONS: tuple[Action, ...] = get_args(Action)
 
 #: Every kind of leak, in the order the documentation lists them, with what it means.

@@ -72,11 +72,14 @@ import ctypes
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.core.procfs import LastPid, TaskChildren, stat_fields
+
+if TYPE_CHECKING:
+    from pytest_leanhost.core.interpreter import ChildWaiters
 
 __all__ = [
     "PR_GET_CHILD_SUBREAPER",
@@ -254,8 +257,15 @@ class Lineage:
         root: int | None = None,
         clock: Callable[[], int] = boottime_ticks,
         last_pid: Callable[[], int | None] | None = None,
+        helpers: Callable[[], Collection[int]] = frozenset,
+        waiters: ChildWaiters | None = None,
     ) -> None:
         self.root = os.getpid() if root is None else root
+        #: The interpreter's lifetime helpers now (asked at each walk): never a
+        #: test's, and their children are owned by start tick, not by them.
+        self._helpers = helpers
+        #: Who may wait for the root's children; with it, exited adopted children are reaped.
+        self._waiters = waiters
         #: Now, in start ticks; a fixed clock lets a test place spans on one tick.
         self._clock = clock
         #: The kernel's PID counter (``None`` where it has none: then every boundary walks).
@@ -278,6 +288,14 @@ class Lineage:
         self._ended = False
         #: How many boundaries walked the tree (the others found the PID counter unmoved).
         self.walks = 0
+        #: Processes started while a wider-scoped fixture was set up: judged when its
+        #: scope ends, not at the teardown of the test that set it up.
+        self._deferred: dict[tuple[int, int], str] = {}
+        #: Whether the last walk saw a live process below the root: one may exit
+        #: (or be adopted and exit) without the PID counter moving.
+        self._live_below = False
+        #: Exited children this recorder reaped.
+        self.reaped = 0
 
     @property
     def spans(self) -> tuple[Span, ...]:
@@ -372,15 +390,17 @@ class Lineage:
         now = self._clock() if tick is None else tick
         if counter is not None and counter == self._walked_at:
             self._last_tick = now  # nothing created since the last walk began
+            if self._live_below and self._waiters is not None:
+                self.reap_exited()  # but something may have exited
             return
         self._walked_at = counter
         self.walks += 1
         opening = self._last_tick
+        helpers = self._helpers()
         # Breadth first, so a parent is identified (and owned) before its children.
-        roots = self._root_children.read() if self._root_children is not None else None
-        if roots is None:
-            roots = direct_children(self.root)
-        queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in roots]
+        queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in self._root_pids()]
+        exited: list[tuple[int, int]] = []
+        live = False
         while queue:
             parent, pid = queue.pop(0)
             stat = _read_stat(pid) if _LINUX else None
@@ -389,16 +409,32 @@ class Lineage:
                 continue  # gone (reaped) since its parent's list was read
             seen = self._seen.get((pid, tick))
             if seen is None:
-                seen = self._remember(pid, tick, parent, opening)
+                seen = self._remember(pid, tick, parent, opening, helpers)
             if stat is not None and stat[2]:
+                if parent is None:
+                    exited.append((pid, tick))
                 continue  # a zombie has no children: they were reparented when it died
+            live = True
             queue.extend((seen, child) for child in direct_children(pid))
         self._last_tick = now
+        self._live_below = live
+        if exited and self._waiters is not None:
+            self._reap(exited)
 
-    def _remember(self, pid: int, tick: int, parent: Seen | None, opening: int) -> Seen:
-        if parent is not None and parent.owners:
+    def _root_pids(self) -> list[int]:
+        roots = self._root_children.read() if self._root_children is not None else None
+        return direct_children(self.root) if roots is None else roots
+
+    def _remember(
+        self, pid: int, tick: int, parent: Seen | None, opening: int, helpers: Collection[int]
+    ) -> Seen:
+        # Rule: a fork server's child was asked for by the test running when it
+        # started, not by the one that started the fork server: it is owned as
+        # pytest's own child is (rules 2 and 3), never by rule 1.
+        helper_child = parent is not None and parent.pid in helpers
+        if parent is not None and not helper_child and parent.owners:
             owners = parent.owners  # rule 1: its nearest attributed ancestor's
-        elif parent is None and tick >= opening and self._running is not None:
+        elif (parent is None or helper_child) and tick >= opening and self._running is not None:
             owners = (self._running,)  # rule 2
         else:
             owners = self.spans_holding(tick) or (  # rule 3
@@ -412,9 +448,76 @@ class Lineage:
             first_seen_deeper=parent is not None,
         )
         self._seen[(pid, tick)] = seen
+        if parent is not None and (parent.pid, parent.start_tick) in self._deferred:
+            self._deferred[(pid, tick)] = self._deferred[(parent.pid, parent.start_tick)]
         for owner in owners:
             self._by_owner.setdefault(owner, []).append(seen)
         return seen
+
+    # -- wider fixtures ----------------------------------------------------------
+
+    def mark(self) -> int:
+        """A bookmark: how many processes were seen so far (see :meth:`defer_since`)."""
+        return len(self._seen)
+
+    def defer_since(self, mark: int, why: str) -> list[Seen]:
+        """Defer every process first seen since ``mark``, and their descendants, for ``why``.
+
+        Called right after a wider-scoped fixture's setup (with a walk before and
+        after it): what it started lives until its scope ends, so no test's
+        teardown judges it.
+        """
+        fresh = list(self._seen.values())[mark:]
+        for seen in fresh:
+            self._deferred[(seen.pid, seen.start_tick)] = why
+        return fresh
+
+    def deferred(self, pid: int, tick: int) -> str | None:
+        """Why ``(pid, tick)`` is judged at its fixture's scope end, if it is."""
+        return self._deferred.get((pid, tick))
+
+    # -- exited children ---------------------------------------------------------
+
+    def reap_exited(self) -> list[int]:
+        """Reap the root's exited children that nothing in the interpreter waits for."""
+        if not _LINUX or self._waiters is None or self.root != os.getpid():
+            return []
+        exited = []
+        for pid in self._root_pids():
+            stat = _read_stat(pid)
+            if stat is not None and stat[2]:
+                exited.append((pid, stat[1]))
+        return self._reap(exited) if exited else []
+
+    def _reap(self, exited: list[tuple[int, int]]) -> list[int]:
+        """Reap each exited child of the root that no Python object may wait for.
+
+        Rule: a child some ``Popen`` (asyncio's too), multiprocessing ``Process``
+        or bare ``os.fork`` may still wait for keeps its status (``ChildWaiters``);
+        any other exited child was adopted (its launcher is gone), so nobody else
+        can wait for it. The first such child before Popens are watched makes the
+        interpreter watch them (and find those alive) before anything is taken.
+        """
+        waiters = self._waiters
+        if waiters is None or self.root != os.getpid():
+            return []
+        if not waiters.watching_popens:
+            waiters.watch_popens()
+        waiters.close_spawn_ranges()
+        held = waiters.held()
+        reaped: list[int] = []
+        for pid, tick in exited:
+            if pid in held or waiters.forked_by_us(pid):
+                continue
+            stat = _read_stat(pid)
+            if stat is None or stat[0] != self.root or stat[1] != tick or not stat[2]:
+                continue  # no longer that zombie child of ours
+            with contextlib.suppress(ChildProcessError):
+                done, _status = os.waitpid(pid, os.WNOHANG)
+                if done == pid:
+                    reaped.append(pid)
+        self.reaped += len(reaped)
+        return reaped
 
     def add_spans(self, spans: Iterable[Span]) -> None:
         """Take spans recorded elsewhere (a dead xdist worker's), for attribution by start tick."""
@@ -437,7 +540,10 @@ class Lineage:
         process is not the test's; a zombie is no leak.
         """
         found: set[int] = set()
+        helpers = self._helpers()
         for seen in self._by_owner.get(nodeid, ()):
+            if seen.pid in helpers or (seen.pid, seen.start_tick) in self._deferred:
+                continue
             if _LINUX:
                 stat = _read_stat(seen.pid)
                 if stat is None or stat[1] != seen.start_tick or stat[2]:
@@ -465,6 +571,7 @@ class Lineage:
         if known is not None:
             return known.owners
         # Climb the current tree to the nearest ancestor the recorder knows.
+        helpers = self._helpers()
         earliest = (pid, tick)
         current = pid
         visited = {pid}
@@ -481,6 +588,8 @@ class Lineage:
             parent_tick = start_tick(parent)
             if parent_tick is None:
                 return ()
+            if parent in helpers:
+                return self.spans_holding(earliest[1])  # a fork server's child: by start tick
             seen = self._seen.get((parent, parent_tick))
             if seen is not None:
                 return seen.owners

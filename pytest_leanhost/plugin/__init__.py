@@ -66,4 +66,4 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.check == "test":
         from pytest_leanhost.plugin.pertest import PerTestCheck
 
-        config.pluginmanager.register(PerTestCheck(session), "leanhost-pertest")
+        config.pluginmanager.register(PerTestCheck(session.leak_check), "leanhost-pertest")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from pytest_leanhost.core.check import Finding, FindingShapeError
+from pytest_leanhost.core.finding import Finding, FindingShapeError
 
 __all__ = ["CheckCounts", "ReportShapeError", "RunVerdict", "WorkerReport"]
 
@@ -26,7 +26,11 @@ class CheckCounts(NamedTuple):
 
     registries_checked: int = 0
     records_checked: int = 0
+    #: Time spent checking, at teardowns and at session end.
     seconds: float = 0.0
+    #: Tests run, and the run's processes seen, by this pytest process.
+    tests: int = 0
+    processes_seen: int = 0
 
     @classmethod
     def of_run(cls, own: CheckCounts, workers: Iterable[CheckCounts]) -> CheckCounts:
@@ -39,6 +43,8 @@ class CheckCounts(NamedTuple):
             registries_checked=own.registries_checked + sum(w.registries_checked for w in workers),
             records_checked=own.records_checked + sum(w.records_checked for w in workers),
             seconds=max((w.seconds for w in workers), default=0.0) + own.seconds,
+            tests=own.tests + sum(w.tests for w in workers),
+            processes_seen=own.processes_seen + sum(w.processes_seen for w in workers),
         )
 
 
@@ -49,6 +55,8 @@ class WorkerReport(NamedTuple):
     registries: tuple[str, ...] = ()
     counts: CheckCounts = CheckCounts()
     doctor: tuple[str, ...] = ()
+    #: What waited for a wider fixture's scope, one line each.
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The JSON-ready form a worker puts into ``config.workeroutput``."""
@@ -58,7 +66,10 @@ class WorkerReport(NamedTuple):
             "registries_checked": self.counts.registries_checked,
             "records_checked": self.counts.records_checked,
             "seconds": self.counts.seconds,
+            "tests": self.counts.tests,
+            "processes_seen": self.counts.processes_seen,
             "doctor": list(self.doctor),
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -66,12 +77,15 @@ class WorkerReport(NamedTuple):
         """Rebuild a report; :class:`ReportShapeError` saying what is wrong if it is not one."""
         if not isinstance(data, dict):
             raise ReportShapeError(f"expected a JSON object, got {type(data).__name__}")
-        findings, registries, doctor = (
-            _list_of(data, key) for key in ("findings", "registries", "doctor")
+        findings, registries, doctor, notes = (
+            _list_of(data, key) for key in ("findings", "registries", "doctor", "notes")
         )
-        if not all(isinstance(item, str) for item in [*registries, *doctor]):
-            raise ReportShapeError("registries and doctor must be lists of strings")
-        counts = {key: data.get(key) for key in ("registries_checked", "records_checked")}
+        if not all(isinstance(item, str) for item in [*registries, *doctor, *notes]):
+            raise ReportShapeError("registries, doctor and notes must be lists of strings")
+        counts = {
+            key: data.get(key)
+            for key in ("registries_checked", "records_checked", "tests", "processes_seen")
+        }
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
             raise ReportShapeError(f"counts must be integers, got {counts}")
         seconds = data.get("seconds")
@@ -88,8 +102,11 @@ class WorkerReport(NamedTuple):
                 registries_checked=int(data["registries_checked"]),
                 records_checked=int(data["records_checked"]),
                 seconds=float(seconds),
+                tests=int(data["tests"]),
+                processes_seen=int(data["processes_seen"]),
             ),
             doctor=tuple(str(item) for item in doctor),
+            notes=tuple(str(item) for item in notes),
         )
 
 
@@ -107,6 +124,7 @@ class RunVerdict(NamedTuple):
     counts: CheckCounts = CheckCounts()
     doctor: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def merge(
@@ -119,12 +137,18 @@ class RunVerdict(NamedTuple):
             counts=CheckCounts.of_run(own.counts, (report.counts for report in workers)),
             doctor=(*(line for report in workers for line in report.doctor), *own.doctor),
             problems=tuple(problems),
+            notes=(*(line for report in workers for line in report.notes), *own.notes),
         )
 
     @property
     def failing(self) -> tuple[Finding, ...]:
         """The findings that fail the run (not allowed by the test's marker)."""
         return tuple(finding for finding in self.findings if not finding.allowed)
+
+    @property
+    def found_at_teardown(self) -> tuple[Finding, ...]:
+        """The failing findings each test's own teardown already reported."""
+        return tuple(finding for finding in self.failing if finding.found_at == "teardown")
 
     @property
     def fails_run(self) -> bool:

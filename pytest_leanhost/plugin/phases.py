@@ -26,7 +26,7 @@ import pytest
 
 # The explanation's module loads only when a leak needs the spans.
 if TYPE_CHECKING:
-    from pytest_leanhost.core.explain import Phase, PhaseSpan
+    from pytest_leanhost.core.detail import Phase, PhaseSpan
 
 __all__ = ["PhaseClock", "PhaseHooks", "reported_durations", "start_clock"]
 
@@ -74,18 +74,27 @@ class PhaseClock:
         #: The test between ``begin`` and ``end`` (the hooks mark it without asking
         #: the item: a node id is a property there).
         self.running: str | None = None
+        #: How many tests began.
+        self.tests = 0
+        #: When the running test's teardown began, where a hook saw it (the per-test check).
+        self._teardown_at: tuple[str, float] | None = None
 
     def begin(self, nodeid: str) -> float:
         """A test begins (the session's ``logstart``, before any fixture); returns the time."""
         now = self._now()
         self._marks.append((nodeid, "setup", now))
         self.running = nodeid
+        self.tests += 1
         return now
 
     def mark(self, phase: Phase) -> None:
         """The running test's ``phase`` begins now (:class:`PhaseHooks` only)."""
         if self.running is not None:
             self._marks.append((self.running, phase, self._now()))
+
+    def teardown_begins(self, nodeid: str) -> None:
+        """The running test's teardown begins now: its call ended before (per-test check)."""
+        self._teardown_at = (nodeid, self._now())
 
     def end(self, nodeid: str) -> float:
         """The test's teardown ended (the session's ``logfinish``); returns the time."""
@@ -100,7 +109,7 @@ class PhaseClock:
         A test whose phases were timed by hooks keeps those times; the others are
         split by ``durations`` (:func:`reported_durations`).
         """
-        from pytest_leanhost.core.explain import PhaseSpan
+        from pytest_leanhost.core.detail import PhaseSpan
 
         spans: list[PhaseSpan] = []
         marks = self._marks
@@ -118,12 +127,19 @@ class PhaseClock:
                 spans.append(PhaseSpan(nodeid, phase, start, stop))
             else:
                 closed = following is not None
-                spans.extend(_split(nodeid, start, stop, durations.get(nodeid, {}), closed))
+                teardown = self._teardown_at
+                began = teardown[1] if teardown is not None and teardown[0] == nodeid else None
+                spans.extend(_split(nodeid, start, stop, durations.get(nodeid, {}), closed, began))
         return spans
 
 
 def _split(
-    nodeid: str, begin: float, end: float, durations: Mapping[str, float], closed: bool
+    nodeid: str,
+    begin: float,
+    end: float,
+    durations: Mapping[str, float],
+    closed: bool,
+    teardown_began: float | None = None,
 ) -> list[PhaseSpan]:
     """One test's span cut into its phases by the durations pytest reported.
 
@@ -132,9 +148,12 @@ def _split(
     report yet: the call ends after its duration); the call is what lies
     between. The gaps between phases (pytest making and logging the reports)
     fall to the call: microseconds, against a start tick of ten milliseconds.
-    A phase pytest did not report leaves its time to the phase before it.
+    A phase pytest did not report leaves its time to the phase before it. A
+    span still in its teardown ends its call where the teardown was seen to
+    begin (``teardown_began``), so the gaps before it stay the call's however
+    slow the machine.
     """
-    from pytest_leanhost.core.explain import PhaseSpan
+    from pytest_leanhost.core.detail import PhaseSpan
 
     setup_end = min(end, begin + durations.get("setup", end - begin))
     if "call" not in durations:
@@ -143,6 +162,8 @@ def _split(
         call_end = max(setup_end, end - durations["teardown"])
     elif closed:
         call_end = end
+    elif teardown_began is not None:
+        call_end = min(end, max(setup_end, teardown_began))
     else:
         call_end = min(end, setup_end + durations["call"])
     return [
@@ -153,7 +174,7 @@ def _split(
 
 
 def _teardown(nodeid: str, start: float, end: float) -> list[PhaseSpan]:
-    from pytest_leanhost.core.explain import PhaseSpan
+    from pytest_leanhost.core.detail import PhaseSpan
 
     return [PhaseSpan(nodeid, "teardown", start, end)] if end > start else []
 

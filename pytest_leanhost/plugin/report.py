@@ -16,8 +16,9 @@ from pytest_leanhost.files import write_atomically
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_leanhost.core.check import Finding
+    from pytest_leanhost.core.finding import Finding
     from pytest_leanhost.plugin.earlier import EarlierLeftover
+    from pytest_leanhost.plugin.outcome import RunVerdict
 
 __all__ = [
     "JUNIT_CASE_NAME",
@@ -26,6 +27,7 @@ __all__ = [
     "finding_line",
     "github_annotation",
     "grouped_lines",
+    "summary_line",
     "write_json_report",
 ]
 
@@ -35,6 +37,23 @@ REPORT_SCHEMA_VERSION = 2
 
 #: The JUnit test case that carries the leak check's verdict.
 JUNIT_CASE_NAME = "leanhost_session_leak_check"
+
+
+def summary_line(verdict: RunVerdict, session_id: str) -> str:
+    """The ``leanhost:`` line: every leak of the run, or, when clean, what was checked."""
+    failing = verdict.failing
+    if verdict.findings or verdict.problems:
+        teardown = len(verdict.found_at_teardown)
+        already = f" ({teardown} reported at teardown)" if teardown else ""
+        return (
+            f"leanhost: {len(failing)} leak(s) failed the run{already}, "
+            f"{len(verdict.findings) - len(failing)} allowed; session {session_id}"
+        )
+    counts = verdict.counts
+    return (
+        f"leanhost: no leaks ({counts.tests} tests, {counts.processes_seen} processes seen,"
+        f" {counts.registries_checked} registries, checked in {counts.seconds * 1000:.0f} ms)"
+    )
 
 
 def finding_line(finding: Finding) -> str:
@@ -194,12 +213,14 @@ def write_json_report(
 
 
 def add_junit_leaks(config: pytest.Config, failing: Sequence[Finding]) -> bool:
-    """Add the leaks that fail the run to pytest's JUnit XML, before pytest writes the file.
+    """Add the run's failing leaks to pytest's JUnit XML, before pytest writes the file.
 
     Through pytest's own ``LogXML`` object: a test case for the leak check with
-    one ``failure`` (counted in the suite's failures, so CI dashboards show the
-    leaks like any failed test) and one ``leanhost_leak`` property per leak.
-    Returns whether there was a JUnit file to add to.
+    one ``leanhost_leak`` property per leak of the run, and one ``failure``
+    (counted in the suite's failures, so CI dashboards show the leaks like any
+    failed test) for those found at session end. A leak found at its test's
+    teardown is already an ``<error>`` of that test's own ``<testcase>``: listed
+    here too, it fails nothing twice. Returns whether there was a JUnit file.
     """
     # pytest has no public name for its LogXML object: this stash key and
     # ``node_reporter`` are how its own ``record_xml_attribute`` fixture reaches it.
@@ -211,18 +232,21 @@ def add_junit_leaks(config: pytest.Config, failing: Sequence[Finding]) -> bool:
     import xml.etree.ElementTree as ET  # only when there is a JUnit file to add to
 
     # A test's own <testcase> is closed (finalized) at its teardown report, so a
-    # leak found at session end cannot go into it through pytest's API; a check
-    # run at each test's teardown could use ``xml.node_reporter(report)`` there.
+    # leak found at session end cannot go into it through pytest's API.
     case = log_xml.node_reporter(JUNIT_CASE_NAME)
     case.add_attribute("classname", "leanhost")
     case.add_attribute("name", JUNIT_CASE_NAME)
     for finding in failing:
         case.add_property("leanhost_leak", finding_line(finding))
-    failure = ET.Element(
-        "failure", message=f"leanhost: {len(failing)} leak(s) found at session end"
-    )
-    failure.text = "\n".join(
-        "\n".join([finding_line(finding), *finding_details(finding)]) for finding in failing
-    )
-    case.append(failure)  # counts it among the suite's tests and failures
+    at_end = [finding for finding in failing if finding.found_at == "session_end"]
+    if at_end:
+        teardown = len(failing) - len(at_end)
+        already = f"; {teardown} more reported at their tests' teardown" if teardown else ""
+        failure = ET.Element(
+            "failure", message=f"leanhost: {len(at_end)} leak(s) found at session end{already}"
+        )
+        failure.text = "\n".join(
+            "\n".join([finding_line(finding), *finding_details(finding)]) for finding in at_end
+        )
+        case.append(failure)  # counts it among the suite's tests and failures
     return True

@@ -25,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
-from pytest_leanhost.plugin.phases import PhaseClock, reported_durations
+from pytest_leanhost.plugin.leakcheck import LeakCheck, allowed_by_marker
+from pytest_leanhost.plugin.phases import PhaseClock
 from pytest_leanhost.plugin.settings import Settings
 from pytest_leanhost.plugin.state import STATE_KEY, SessionState
 from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
-    from pytest_leanhost.core.check import Finding, LineageView, SessionCheck, WatchedView
+    from pytest_leanhost.core.finding import Finding
     from pytest_leanhost.core.lineage import Lineage, Span
     from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
     from pytest_leanhost.plugin.earlier import EarlierRuns
     from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
-    from pytest_leanhost.plugin.pertest import ReportedKey
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
 
 __all__ = ["EachTest", "LeakStat", "LeanhostSession"]
@@ -87,13 +87,11 @@ class LeanhostSession:
         self.earlier: EarlierRuns | None = None
         #: The lineage recorder, when this process became a child subreaper.
         self.lineage: Lineage | None = None
-        self._lineage_before: frozenset[tuple[int, int]] = frozenset()
         self._watched: tuple[WatchedRegistries, WatchSnapshot, int] | None = None
         #: A worker's spans file (a raw descriptor, appended to: one system call a test).
         self._spans_fd: int | None = None
-        #: What ``--leanhost-check=test`` reported at a test's teardown (``plugin.pertest``):
-        #: not reported again at session end.
-        self.reported_at_teardown: set[ReportedKey] = set()
+        #: The one check pipeline and its ledger (``--leanhost-check=test`` runs it too).
+        self.leak_check = LeakCheck(config, settings, self.phases)
 
     # -- session start -----------------------------------------------------------
 
@@ -126,6 +124,7 @@ class LeanhostSession:
         self._setenv(SESSION_ENV, session_id)
         self._start_lineage(root)
         self._start_watch()
+        self.leak_check.start(self.state, self.workerid, self.lineage, self._watched)
         if not self.config.pluginmanager.has_plugin("dsession"):
             # Rule: an xdist controller relays its workers' logstart and logfinish
             # but runs no test: only a process that runs tests marks them.
@@ -140,13 +139,13 @@ class LeanhostSession:
         """
         if not self.settings.subreaper:
             return
+        from pytest_leanhost.core.interpreter import ChildWaiters, interpreter_helpers
         from pytest_leanhost.core.lineage import Lineage, become_subreaper
 
         if not become_subreaper():
             return
-        self.lineage = Lineage()
+        self.lineage = Lineage(helpers=interpreter_helpers, waiters=ChildWaiters.of_interpreter())
         self.lineage.boundary()
-        self._lineage_before = self.lineage.identities()
         if self.workerid is not None:
             # A worker's spans also go to the session root, line by line, so the
             # controller can still name the tests of a worker that died.
@@ -273,8 +272,7 @@ class LeanhostSession:
             add_junit_leaks(self.config, self.verdict.failing)
 
     def _check_here(self, session: pytest.Session) -> WorkerReport:
-        """This process's check: its registries and marked processes, cleaned up, allowed marked."""
-        from pytest_leanhost.core.check import check_session, clean_up
+        """This process's session-end check through the one pipeline; its whole ledger reported."""
         from pytest_leanhost.plugin.outcome import CheckCounts, WorkerReport
 
         state = self.state
@@ -288,98 +286,41 @@ class LeanhostSession:
                 for path, nodeid in state.all_registries().items()
                 if path not in reported
             }
-        worker_pids = state.worker_pids()
-        checked = check_session(
-            registries,
-            state.session_id,
-            exclude_pids=worker_pids,
-            grace=self.settings.grace,
-            worker=self.workerid,
-            only_worker=self.workerid,
-            lineage=self._lineage_view(worker_pids),
-            watched=self._watched_view(worker_pids),
-        )
+            if self.lineage is not None and self.controller is not None:
+                # Orphans of dead workers: seen as adopted, named by the spans they wrote.
+                self.lineage.add_spans(_worker_spans(state.root, self.controller.reported_workers))
+                self.lineage.boundary()
         known_pids = self.controller.known_pids() if self.controller else set()
         known_records = self.controller.known_records() if self.controller else set()
-        findings = [
-            finding
-            for finding in checked.findings
-            if not (finding.kind == "leaked_process" and finding.pid in known_pids)
-            and not (finding.record is not None and finding.record in known_records)
-        ]
-        if self.reported_at_teardown:
-            from pytest_leanhost.plugin.pertest import reported_key
+        items = {item.nodeid: item for item in session.items}
 
-            findings = [f for f in findings if reported_key(f) not in self.reported_at_teardown]
-        doctor = _doctor_lines(checked) if self.settings.doctor else []
-        findings, targets = self._explain(findings, checked)
-        if not self.settings.keep_leaks:
-            findings = clean_up(findings, targets, self.settings.shutdown_timeout)
-            self._reap(findings, checked)
+        def keep(finding: Finding) -> bool:
+            # Rule: what a worker already reported is not the controller's to report again.
+            if finding.kind == "leaked_process" and finding.pid in known_pids:
+                return False
+            return finding.record is None or finding.record not in known_records
+
+        checked = self.leak_check.run(
+            "session_end",
+            registries,
+            keep=keep,
+            allowed=lambda finding: allowed_by_marker(items.get(finding.nodeid or ""), finding),
+            doctor=self.settings.doctor,
+        )
+        check = self.leak_check
         return WorkerReport(
-            findings=tuple(_mark_allowed(session, findings)),
+            findings=tuple(check.ledger),
             registries=tuple(sorted(registries)),
             counts=CheckCounts(
                 registries_checked=checked.registries_checked,
                 records_checked=checked.records_checked,
-                seconds=checked.seconds,
+                seconds=check.seconds,
+                tests=self.phases.tests,
+                processes_seen=check.processes_seen(),
             ),
-            doctor=tuple(doctor),
+            doctor=tuple(checked.doctor),
+            notes=tuple(check.notes),
         )
-
-    def _explain(
-        self, findings: list[Finding], checked: SessionCheck
-    ) -> tuple[list[Finding], dict[Finding, Any]]:
-        """Each finding about a live process with what it is (before cleanup stops it)."""
-        if not any(finding.pid is not None for finding in findings):
-            return findings, dict(checked.targets)
-        from pytest_leanhost.core.explain import explain_findings
-
-        return explain_findings(
-            findings,
-            checked.targets,
-            root_pid=os.getpid(),
-            spans=self.phases.spans(reported_durations(self.config)),
-            origin=checked.origins.get,
-        )
-
-    def _lineage_view(self, worker_pids: set[int]) -> LineageView | None:
-        """The lineage the check looks through; on the controller, with dead workers' spans."""
-        lineage = self.lineage
-        if lineage is None:
-            return None
-        from pytest_leanhost.core.check import LineageView
-
-        if self.controller is not None and self.state is not None:
-            lineage.add_spans(_worker_spans(self.state.root, self.controller.reported_workers))
-            lineage.boundary()  # orphans of dead workers: seen as adopted, never reaped
-        return LineageView(
-            lineage=lineage, exclude_trees=frozenset(worker_pids), before=self._lineage_before
-        )
-
-    def _watched_view(self, worker_pids: set[int]) -> WatchedView | None:
-        """The watched registries as snapshotted; a record naming a pytest of the run is ours."""
-        if self._watched is None:
-            return None
-        from pytest_leanhost.core.check import WatchedView
-
-        registries, before, started = self._watched
-        pytest_pids = {os.getpid()}
-        if self.controller is not None:
-            pytest_pids |= worker_pids  # a dead worker's records are the controller's to judge
-        return WatchedView(registries, before, frozenset(pytest_pids), started)
-
-    def _reap(self, findings: list[Finding], checked: SessionCheck) -> None:
-        """Reap the adopted processes cleanup itself terminated (never anyone else's child)."""
-        if self.lineage is None:
-            return
-        terminated = []
-        for finding in findings:
-            origin = checked.origins.get(finding.pid) if finding.pid is not None else None
-            if finding.action in ("terminated", "killed") and origin and origin.start_tick:
-                terminated.append((origin.pid, origin.start_tick))
-        if terminated:
-            self.lineage.reap_terminated(terminated)
 
     # -- terminal summary --------------------------------------------------------
 
@@ -408,7 +349,7 @@ class LeanhostSession:
         verdict, state = self.verdict, self.state
         if verdict is None or state is None:
             return
-        from pytest_leanhost.plugin.report import github_annotation, grouped_lines
+        from pytest_leanhost.plugin.report import github_annotation, grouped_lines, summary_line
 
         tr = terminalreporter
         failing = verdict.failing
@@ -419,18 +360,16 @@ class LeanhostSession:
                 tr.line(problem, red=True)
             for line, red in grouped_lines(verdict.findings):
                 tr.line(line, red=red)
-            tr.line(
-                f"leanhost: {len(failing)} leak(s) failed the run, "
-                f"{len(verdict.findings) - len(failing)} allowed; session {state.session_id}"
-            )
+            for note in verdict.notes:
+                tr.line(note)
+            tr.line(summary_line(verdict, state.session_id))
             if os.environ.get("GITHUB_ACTIONS") == "true":
                 for finding in failing:
                     tr.line(github_annotation(finding))
         elif tr.verbosity >= 0:
-            tr.line(
-                f"leanhost: no leaks ({verdict.counts.registries_checked} registries checked"
-                f" in {verdict.counts.seconds * 1000:.0f} ms)"
-            )
+            for note in verdict.notes:
+                tr.line(note)
+            tr.line(summary_line(verdict, state.session_id))
         if self.settings.doctor:
             tr.section("leanhost doctor", sep="=")
             for line in [*verdict.doctor, *self._default_registry_lines()]:
@@ -626,50 +565,11 @@ def _worker_spans(root: Path, reported: set[str]) -> list[Span]:
     return spans
 
 
-def _mark_allowed(session: pytest.Session, findings: list[Finding]) -> list[Finding]:
-    """The findings, those of tests that allow their kind (``leanhost_allow``) marked allowed."""
-    if not findings:
-        return findings
-
-    items = {item.nodeid: item for item in session.items}
-    marked: list[Finding] = []
-    for finding in findings:
-        item = items.get(finding.nodeid) if finding.nodeid else None
-        allowed = item is not None and any(
-            not marker.args or finding.kind in marker.args
-            for marker in item.iter_markers(name="leanhost_allow")
-        )
-        marked.append(finding._replace(allowed=True) if allowed else finding)
-    return marked
-
-
 def _watched_registries() -> list[str]:
     """The default registries a server that lost the registry variable writes into."""
     from pytest_leanhost.core.watch import default_registries
 
     return [str(path) for path in default_registries()]
-
-
-def _doctor_lines(checked: SessionCheck) -> list[str]:
-    """The doctor lines of each registry of the session that held a record, before any cleanup.
-
-    Rule: a registry that held nothing gets no lines of its own, only a count,
-    so the section of a 5,000-test run is as long as what it found.
-    """
-    from pytest_leanhost.core.doctor import render_text
-
-    lines: list[str] = []
-    empty = 0
-    for registry, judged in sorted(checked.judged.items()):
-        if not judged:
-            empty += 1
-            continue
-        nodeid = checked.nodeids.get(registry)
-        lines.append(f"{nodeid or Path(registry).name} (registry {registry}):")
-        lines.extend(render_text(judged).splitlines())
-    if empty:
-        lines.append(f"({empty} other registries of the session held no record)")
-    return lines
 
 
 def _registry_lines(label: str, registry: Path) -> list[str]:
