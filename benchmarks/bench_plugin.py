@@ -2,7 +2,10 @@
 
 Run by hand: ``python benchmarks/bench_plugin.py`` (``--runs``, ``--tests``,
 ``--xdist N`` to run the suite under pytest-xdist with N workers, ``--check test``
-to also run it with ``--leanhost-check=test``).
+to also run it with ``--leanhost-check=test``). Every suite run also has a
+pytest-timeout variant (``-p timeout --timeout=60``, the plugin off), side by
+side in the same rotation: the cost of a plugin nearly every suite already
+carries, to compare the figures with.
 
 1. Overhead: the same suite of trivial tests, run as whole pytest processes,
    alternating ``-p leanhost`` and ``-p no:leanhost`` (plugin autoload off for
@@ -11,8 +14,8 @@ to also run it with ``--leanhost-check=test``).
    machine). A one-test suite in the same rotation gives the fixed cost (import,
    session start and end); what remains, over the tests, is the cost per test. With
    ``--check test`` a third variant, ``-p leanhost --leanhost-check=test``, runs
-   in the same rotation, so the session-mode figure beside it is from the same
-   machine load (the machine may be shared).
+   in the same rotation, and so does pytest-timeout always, so the figures beside
+   each other are from the same machine load (the machine may be shared).
 2. The session-end check alone: 2000 test registries of which 200 hold a
    record of a live process, judged by ``check_session`` (grace 0, so the
    figure is the check, not the wait), median of several runs.
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from pytest_leanhost.core.check import check_session
 from pytest_leanhost.files import write_atomically
@@ -66,11 +70,35 @@ def write_suite(directory: Path, tests: int, per_module: int = 100) -> None:
         (directory / f"test_m{module // per_module:03d}.py").write_text(body)
 
 
-def run_pytest(
-    directory: Path, plugin: bool, xdist: int, check: str = "session"
-) -> tuple[float, float]:
+class Variant(NamedTuple):
+    """One way of running the suite: a short name, its label in the table, its arguments."""
+
+    name: str
+    label: str
+    args: tuple[str, ...]
+
+
+OFF = Variant("off", "-p no:leanhost", ("-p", "no:leanhost"))
+SESSION = Variant("on", "-p leanhost", ("-p", "leanhost"))
+PER_TEST = Variant("test", "--leanhost-check=test", ("-p", "leanhost", "--leanhost-check=test"))
+# pytest-timeout, the plugin off: a plugin nearly every suite carries, for comparison.
+TIMEOUT = Variant(
+    "timeout", "pytest-timeout", ("-p", "no:leanhost", "-p", "timeout", "--timeout=60")
+)
+
+
+def variants(check: str) -> list[Variant]:
+    """The variants of one benchmark, in their rotation order: the baseline first."""
+    chosen = [OFF, SESSION]
+    if check == "test":
+        chosen.append(PER_TEST)
+    chosen.append(TIMEOUT)
+    return chosen
+
+
+def run_pytest(directory: Path, variant: Variant, xdist: int) -> tuple[float, float]:
     """One whole pytest run: (wall seconds, CPU seconds of the pytest processes)."""
-    args = pytest_args(plugin, xdist, check)
+    args = pytest_args(variant, xdist)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(args, cwd=directory, env=bench_env(), stdout=subprocess.DEVNULL, check=True)
@@ -80,18 +108,15 @@ def run_pytest(
     return wall, cpu
 
 
-def pytest_args(plugin: bool, xdist: int, check: str) -> list[str]:
+def pytest_args(variant: Variant, xdist: int) -> list[str]:
     """The command line of one benchmark run of the suite in the current directory."""
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    args += ["-p", "leanhost"] if plugin else ["-p", "no:leanhost"]
-    if plugin and check != "session":
-        args += [f"--leanhost-check={check}"]
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *variant.args]
     if xdist:
         args += ["-p", "xdist", "-n", str(xdist)]
     return args
 
 
-def count_instructions(directory: Path, plugin: bool, xdist: int, check: str = "session") -> int:
+def count_instructions(directory: Path, variant: Variant, xdist: int) -> int:
     """The user-space instructions of one whole run, every pytest process (xdist's) summed.
 
     Under callgrind, with hash randomization off: the same code gives the same count
@@ -105,7 +130,7 @@ def count_instructions(directory: Path, plugin: bool, xdist: int, check: str = "
         valgrind += [f"--callgrind-out-file={out}/cg.%p.out"]
         basetemp = Path(out) / "basetemp"
         done = subprocess.run(
-            [*valgrind, *pytest_args(plugin, xdist, check), f"--basetemp={basetemp}"],
+            [*valgrind, *pytest_args(variant, xdist), f"--basetemp={basetemp}"],
             cwd=directory,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -119,30 +144,26 @@ def count_instructions(directory: Path, plugin: bool, xdist: int, check: str = "
 
 def bench_instructions(tests: int, xdist: int, check: str = "session") -> None:
     """The overhead in instructions: each variant once, the suite and a one-test suite."""
-    variants = [("off", False, "session"), ("on", True, "session")]
-    if check == "test":
-        variants.append(("test", True, "test"))
+    chosen = variants(check)
     counts: dict[tuple[str, str], int] = {}
     with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
         for size, count in (("big", tests), ("small", 1)):
             suite = Path(tmp) / size
             suite.mkdir()
             write_suite(suite, count)
-            for name, plugin, mode in variants:
-                run_pytest(suite, plugin, xdist, mode)  # bytecode compiled, caches warm
-                counts[(size, name)] = count_instructions(suite, plugin, xdist, mode)
+            for variant in chosen:
+                run_pytest(suite, variant, xdist)  # bytecode compiled, caches warm
+                counts[(size, variant.name)] = count_instructions(suite, variant, xdist)
     mode = f"-n {xdist}" if xdist else "one process"
     print(f"{tests} trivial tests ({mode}), instructions under callgrind:")
-    off = counts[("big", "off")]
-    print(f"  -p no:leanhost         {off / 1e6:10.1f} M")
-    for name, label in (("on", "-p leanhost          "), ("test", "--leanhost-check=test")):
-        if ("big", name) not in counts:
-            continue
-        on = counts[("big", name)]
-        fixed = counts[("small", name)] - counts[("small", "off")]
+    off = counts[("big", OFF.name)]
+    print(f"  {OFF.label:<22}{off / 1e6:10.1f} M")
+    for variant in chosen[1:]:
+        on = counts[("big", variant.name)]
+        fixed = counts[("small", variant.name)] - counts[("small", OFF.name)]
         per_test = ((on - off) - fixed) / max(1, tests - 1)
         print(
-            f"  {label} {on / 1e6:10.1f} M  ({(on - off) / off * 100:+.2f} %)"
+            f"  {variant.label:<22}{on / 1e6:10.1f} M  ({(on - off) / off * 100:+.2f} %)"
             f"  fixed {fixed / 1e6:+.1f} M, {per_test / 1e3:+.1f} K/test"
         )
 
@@ -153,9 +174,7 @@ def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") ->
     The cost per test is the overhead of the whole suite less that of the
     one-test suite (import, session start and end), over the tests in between.
     """
-    variants = [("off", False, "session"), ("on", True, "session")]
-    if check == "test":
-        variants.append(("test", True, "test"))
+    chosen = variants(check)
     with tempfile.TemporaryDirectory(prefix="leanhost-bench-suite-") as tmp:
         big, small = Path(tmp) / "big", Path(tmp) / "small"
         big.mkdir()
@@ -163,14 +182,14 @@ def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") ->
         write_suite(big, tests)
         write_suite(small, 1)
         for suite in (big, small):  # warm the file-system cache and bytecode
-            for _, plugin, mode in variants:
-                run_pytest(suite, plugin, xdist, mode)
+            for variant in chosen:
+                run_pytest(suite, variant, xdist)
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(runs):
             for suite, size in ((big, "big"), (small, "small")):
-                for name, plugin, mode in variants:
-                    times.setdefault((size, name), []).append(
-                        run_pytest(suite, plugin, xdist, mode)
+                for variant in chosen:
+                    times.setdefault((size, variant.name), []).append(
+                        run_pytest(suite, variant, xdist)
                     )
 
     def median(size: str, name: str, index: int) -> float:
@@ -179,16 +198,15 @@ def bench_overhead(tests: int, runs: int, xdist: int, check: str = "session") ->
     mode = f"-n {xdist}" if xdist else "one process"
     print(f"{tests} trivial tests ({mode}), medians of {runs} alternating runs:")
     for index, clock in ((0, "wall"), (1, "cpu")):
-        off = median("big", "off", index)
-        print(f"  [{clock}] -p no:leanhost        {off * 1000:8.1f} ms")
-        for name, label in (("on", "-p leanhost          "), ("test", "--leanhost-check=test")):
-            if ("big", name) not in times:
-                continue
-            on = median("big", name, index)
-            fixed = median("small", name, index) - median("small", "off", index)
+        off = median("big", OFF.name, index)
+        print(f"  {f'[{clock}]':<6} {OFF.label:<22}{off * 1000:8.1f} ms")
+        for variant in chosen[1:]:
+            on = median("big", variant.name, index)
+            fixed = median("small", variant.name, index) - median("small", OFF.name, index)
             per_test = ((on - off) - fixed) / max(1, tests - 1) * 1e6
             print(
-                f"  [{clock}] {label} {on * 1000:8.1f} ms  ({(on - off) / off * 100:+.2f} %)"
+                f"  {f'[{clock}]':<6} {variant.label:<22}{on * 1000:8.1f} ms"
+                f"  ({(on - off) / off * 100:+.2f} %)"
                 f"  fixed {fixed * 1000:+.1f} ms, {per_test:+.1f} us/test"
             )
 
