@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import time
@@ -627,13 +628,18 @@ class Lineage:
 
 def tick_to_unix(tick: int) -> float:
     """A start tick as wall-clock seconds (as psutil's ``create_time``)."""
-    if not _LINUX:
-        return tick / _TICKS
-    with open("/proc/stat", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"btime"):
-                return tick / _TICKS + float(line.split()[1])
-    return tick / _TICKS
+    return tick / _TICKS + _boot_time()
+
+
+@functools.cache
+def _boot_time() -> float:
+    """When the system booted, in wall-clock seconds (``btime``; 0 off Linux). Read once."""
+    if _LINUX:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime"):
+                    return float(line.split()[1])
+    return 0.0
 
 
 def unix_to_tick(seconds: float) -> int:
