@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Literal
 
 import psutil
 
+from pytest_leanhost.core.identity import same_create_time
 from pytest_leanhost.core.procfs import stat_fields
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessInfo, ProcessTable
 
 __all__ = [
-    "CREATE_TIME_TOLERANCE",
     "ESCAPE_WORDS",
     "Ancestor",
     "EscapeWord",
@@ -49,10 +49,6 @@ ESCAPE_WORDS: tuple[EscapeWord, ...] = (
     "reparented",
     "daemonized",
 )
-
-#: Two create times closer than this are the same process. Create times are whole
-#: clock ticks (10 ms) after boot; the slack absorbs float rounding only.
-CREATE_TIME_TOLERANCE = 0.001
 
 _PROC = "/proc"
 _DEV_NULL = "/dev/null"
@@ -81,15 +77,11 @@ class Ancestor:
     alive: bool
 
 
-def _same_time(a: float, b: float) -> bool:
-    return abs(a - b) < CREATE_TIME_TOLERANCE
-
-
 def _pinned(pid: int, create_time: float) -> psutil.Process | None:
     """The live, non-zombie process ``pid`` if it is still the one created at ``create_time``."""
     try:
         proc = psutil.Process(pid)
-        if not _same_time(proc.create_time(), create_time):
+        if not same_create_time(proc.create_time(), create_time):
             return None  # the PID now belongs to another process
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None  # it has exited; only its exit status waits to be reaped
@@ -254,7 +246,7 @@ def _live_info(pid: int, table: ProcessTable, created: Mapping[int, float]) -> P
     if info is None or info.zombie:
         return None
     expected = created.get(pid)
-    if expected is not None and not _same_time(expected, info.create_time):
+    if expected is not None and not same_create_time(expected, info.create_time):
         return None  # the PID was reused: the ancestor we knew is gone
     return info
 

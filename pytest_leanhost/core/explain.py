@@ -342,6 +342,8 @@ def _recorded_parent(data: bytes | None) -> int | None:
 def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
     import psutil
 
+    from pytest_leanhost.core.identity import same_create_time
+
     found: list[RelativeDetail] = []
     for child in table.descendants(pid):
         info = table.get(child)
@@ -349,7 +351,7 @@ def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
             continue
         try:
             proc = psutil.Process(child)
-            if abs(proc.create_time() - info.create_time) >= 0.001:
+            if not same_create_time(proc.create_time(), info.create_time):
                 continue
             cmdline = tuple(proc.cmdline())
         except psutil.Error:
