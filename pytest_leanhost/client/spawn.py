@@ -34,8 +34,7 @@ from pytest_leanhost.client.mcp import (
 )
 from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
-from pytest_leanhost.stopping import Backoff, SignalsByNumber, stop_ladder
-from pytest_leanhost.stopping import Rung as LadderRung
+from pytest_leanhost.stopping import Backoff, LadderRung, SignalsByNumber, stop_ladder
 
 __all__ = [
     "READY_MODES",
