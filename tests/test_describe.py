@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -14,9 +13,8 @@ import pytest
 
 from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
 from pytest_leanhost.core.probe import ProcessTable
-from tests.children import poll
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+from tests.children import Children, poll
+from tests.proc import linux_only
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -55,36 +53,18 @@ child.wait()
 """
 
 
-@pytest.fixture
-def popen() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children of this test, ended and reaped at teardown, pass or fail.
-
-    A ``sleep`` is killed at once (exact PID: the Popen object); a Python child is
-    told to end by closing its stdin, so it can reap what it started itself.
-    """
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.args[0] == SLEEP:  # type: ignore[index]
-            child.kill()
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-
-
 def start(
-    started: list[subprocess.Popen[str]],
+    children: Children,
     *argv: str,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     start_new_session: bool = False,
 ) -> subprocess.Popen[str]:
+    """A child with pipes on stdin and stdout; the shared tracker ends it at teardown.
+
+    A ``sleep`` is killed at once (exact PID: the Popen object); a Python child is
+    told to end by closing its stdin, so it can reap what it started itself.
+    """
     child = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE,
@@ -94,8 +74,7 @@ def start(
         env=env,
         start_new_session=start_new_session,
     )
-    started.append(child)
-    return child
+    return children.track(child, ends_at_eof=argv[0] != SLEEP)
 
 
 def start_time(pid: int) -> float:
@@ -115,20 +94,27 @@ def words(
 
 
 def test_facts_name_the_command_line_working_directory_and_age(
-    tmp_path: Path, popen: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
-    child = start(popen, sys.executable, "-c", "import sys; sys.stdin.read()", cwd=tmp_path)
+    child = start(children, sys.executable, "-c", "import sys; sys.stdin.read()", cwd=tmp_path)
     created = start_time(child.pid)
     facts = describe_process(child.pid, created)
     assert facts is not None
     assert facts.cmdline == (sys.executable, "-c", "import sys; sys.stdin.read()")
     assert facts.cwd == str(tmp_path)
     assert facts.started_unix == created
-    assert facts.age_seconds >= 0
+    # The age runs from the create time to the caller's clock; a clock set back before
+    # the start reads as age 0, never negative.
+    later = describe_process(child.pid, created, now=created + 2.5)
+    assert later is not None
+    assert later.age_seconds == pytest.approx(2.5)
+    behind = describe_process(child.pid, created, now=created - 1.0)
+    assert behind is not None
+    assert behind.age_seconds == 0.0
 
 
-def test_a_reused_or_reaped_pid_is_not_described(popen: list[subprocess.Popen[str]]) -> None:
-    child = start(popen, SLEEP, "30")
+def test_a_reused_or_reaped_pid_is_not_described(children: Children) -> None:
+    child = start(children, SLEEP, "30")
     created = start_time(child.pid)
     assert describe_process(child.pid, created - 5.0) is None  # another process's create time
     child.kill()
@@ -136,43 +122,43 @@ def test_a_reused_or_reaped_pid_is_not_described(popen: list[subprocess.Popen[st
     assert describe_process(child.pid, created) is None
 
 
-def test_a_plain_child_escaped_nothing(popen: list[subprocess.Popen[str]]) -> None:
-    child = start(popen, SLEEP, "30")
+def test_a_plain_child_escaped_nothing(children: Children) -> None:
+    child = start(children, SLEEP, "30")
     assert words(child.pid, first_seen=os.getpid()) == ()
 
 
 def test_a_child_with_an_empty_environment_dropped_the_marker(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30", env={})
+    child = start(children, SLEEP, "30", env={})
     # Our own eyes: the starting environment is empty, so it carries no marker.
     assert psutil.Process(child.pid).environ() == {}
     assert words(child.pid, marker_absent=True) == ("environment_dropped",)
 
 
 def test_a_child_in_a_new_process_group_says_so_and_keeps_the_session(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, sys.executable, "-c", NEW_GROUP_CODE)
+    child = start(children, sys.executable, "-c", NEW_GROUP_CODE)
     assert child.stdout is not None
     assert int(child.stdout.readline()) == child.pid  # it has moved by now
     assert words(child.pid) == ("new_process_group",)
 
 
 def test_a_child_in_a_new_session_says_new_session_and_new_process_group(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30", start_new_session=True)
+    child = start(children, SLEEP, "30", start_new_session=True)
     assert os.getsid(child.pid) == child.pid
     assert words(child.pid) == ("new_session", "new_process_group")
 
 
 @linux_only
 def test_a_setsid_double_fork_with_stdio_on_dev_null_is_reparented_and_daemonized(
-    tmp_path: Path, popen: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
     pidfile = tmp_path / "sleep.pid"
-    subreaper = start(popen, sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
+    subreaper = start(children, sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
     assert subreaper.stdout is not None
     sh_pid = int(subreaper.stdout.readline())
     sleep_pid = int(pidfile.read_text())
@@ -212,9 +198,9 @@ def _cmd(pid: int) -> list[str]:
 
 
 def test_a_grandchild_s_ancestry_runs_through_its_live_parent_to_the_root(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    parent = start(popen, sys.executable, "-c", GRANDPARENT_CODE, SLEEP)
+    parent = start(children, sys.executable, "-c", GRANDPARENT_CODE, SLEEP)
     assert parent.stdout is not None
     grandchild = int(parent.stdout.readline())
     chain = ancestry(grandchild, {}, ProcessTable.snapshot(), root=os.getpid())
@@ -225,9 +211,9 @@ def test_a_grandchild_s_ancestry_runs_through_its_live_parent_to_the_root(
 
 
 def test_ancestry_never_loops_and_stops_at_a_reused_pid(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30")
+    child = start(children, SLEEP, "30")
     table = ProcessTable.snapshot()
     # A parent map with a cycle (as PID reuse can make one) ends instead of looping.
     looped = ancestry(child.pid, {child.pid: os.getpid(), os.getpid(): child.pid}, table, root=1)
