@@ -665,7 +665,7 @@ def _own_port_accepts(server: ServerProcess) -> bool:
 
     Rule: a port that someone else took before the server bound it is not the server.
     """
-    from pytest_leanhost.client.contract import listening_addresses
+    from pytest_leanhost.core.listening import listening_addresses
 
     if server._bind_arg is None:
         return False
