@@ -12,7 +12,9 @@ import psutil
 import pytest
 
 from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
+from pytest_leanhost.core.escapes import reparented
 from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.record import ProcessRecord
 from tests.children import Children, poll
 from tests.proc import linux_only
 
@@ -188,6 +190,49 @@ def test_a_setsid_double_fork_with_stdio_on_dev_null_is_reparented_and_daemonize
     ]
     assert chain[0].cmdline == ("sh", "-c", "...")  # dead: what the caller knew of it
     assert chain[1].cmdline == (sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
+
+
+@linux_only
+def test_a_server_under_another_parent_than_its_record_names_is_reparented(
+    tmp_path: Path, children: Children
+) -> None:
+    server = children.orphaned_server(tmp_path)
+    record = ProcessRecord.from_json_bytes((tmp_path / f"{server.pid}.json").read_bytes())
+    assert record.parent_pid_at_start is not None
+    now = server.ppid()
+    assert now != record.parent_pid_at_start  # our own eyes: its launcher is gone
+
+    def claimed(recorded: int | None) -> bool:
+        found = escape_words(
+            server.pid,
+            pytest_pid=os.getpid(),
+            marker_absent=False,
+            first_seen_parent=None,  # nothing saw it before: the record alone tells
+            current_parent=now,
+            recorded_parent=recorded,
+        )
+        return "reparented" in found
+
+    assert claimed(record.parent_pid_at_start)
+    assert not claimed(now)  # a record naming the parent it has now: not reparented
+    assert claimed(None) == (now == 1)  # no record, no lineage: only init as parent tells
+
+
+def test_reparented_is_claimed_from_facts_only() -> None:
+    root = 4242
+
+    def says(current: int | None, first: int | None, recorded: int | None, at: int = root) -> bool:
+        return reparented(
+            current_parent=current, first_seen_parent=first, recorded_parent=recorded, root_pid=at
+        )
+
+    assert says(7, 5, None)  # the parent first seen is not the parent now
+    assert not says(5, 5, None)
+    assert says(1, None, None)  # init holds it, and init starts nothing of the run
+    assert not says(1, None, None, at=1)  # unless the run itself is init
+    assert says(root, None, 9)  # its record names another parent at start
+    assert not says(9, None, 9)
+    assert not says(None, 5, 9)  # the parent now unknown: nothing is claimed
 
 
 def _cmd(pid: int) -> list[str]:

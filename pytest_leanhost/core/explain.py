@@ -20,6 +20,8 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
+from pytest_leanhost.core.escapes import ESCAPE_WORDS
+
 if TYPE_CHECKING:
     from pytest_leanhost.core.check import CleanupTarget, Finding, ProcessOrigin
     from pytest_leanhost.core.probe import ProcessTable
@@ -39,14 +41,6 @@ __all__ = [
 #: Where a process started: a phase of a test, or outside every test (``session``).
 Phase = Literal["setup", "call", "teardown", "session"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "session")
-
-_ESCAPES = (
-    "environment_dropped",
-    "new_session",
-    "new_process_group",
-    "reparented",
-    "daemonized",
-)
 
 
 class DetailShapeError(ValueError):
@@ -133,7 +127,7 @@ class ProcessDetail:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
         escaped = _strings(data["escaped"])
-        if not set(escaped) <= set(_ESCAPES):
+        if not set(escaped) <= set(ESCAPE_WORDS):
             raise ValueError(f"unknown escape words in {escaped}")
         cwd, started_in = data["cwd"], data["started_in"]
         if cwd is not None and not isinstance(cwd, str):
@@ -294,24 +288,14 @@ def _detail(
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None
     first_parent = seen.first_parent if seen is not None else None
-    words = set(
-        escape_words(
-            pid,
-            pytest_pid=root_pid,
-            marker_absent=seen is not None and seen.lineage_only,
-            first_seen_parent=first_parent,
-            current_parent=current_parent,
-        )
+    escaped = escape_words(
+        pid,
+        pytest_pid=root_pid,
+        marker_absent=seen is not None and seen.lineage_only,
+        first_seen_parent=first_parent,
+        current_parent=current_parent,
+        recorded_parent=_recorded_parent(target.data if target is not None else None),
     )
-    # A process of the run whose parent is now init was not started by init: it was
-    # reparented, even when no first-seen parent is known (init never carries our marker).
-    if first_parent is None and current_parent == 1 and root_pid != 1:
-        words.add("reparented")
-    # A server's record names the parent it had when it registered: another one now
-    # means it was adopted (by pytest, the subreaper, when its launcher exited unseen).
-    recorded_parent = _recorded_parent(target.data if target is not None else None)
-    if recorded_parent is not None and current_parent not in (None, recorded_parent):
-        words.add("reparented")
     known = {pid: first_parent} if first_parent is not None else {}
     chain = ancestry(pid, known, table, root=root_pid)
     return ProcessDetail(
@@ -322,7 +306,7 @@ def _detail(
         phase=phase,
         started_in=started_in,
         ancestry=tuple(AncestorDetail(a.pid, a.cmdline, a.alive) for a in chain),
-        escaped=tuple(word for word in _ESCAPES if word in words),
+        escaped=escaped,
         descendants=_descendants(pid, table),
     )
 
