@@ -71,12 +71,19 @@ import contextlib
 import ctypes
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.procfs import LastPid, TaskChildren, stat_fields
+from pytest_leanhost.core.procfs import (
+    LastPid,
+    TaskChildren,
+    boot_time,
+    boottime_ticks,
+    clock_ticks_per_second,
+    read_children,
+    stat_fields,
+)
 
 __all__ = [
     "PR_GET_CHILD_SUBREAPER",
@@ -100,14 +107,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 _LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc")
-
-
-def clock_ticks_per_second() -> int:
-    """Clock ticks per second of process start times (``SC_CLK_TCK``; 100 when unknown)."""
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (AttributeError, ValueError, OSError):
-        return 100
 
 
 _TICKS = clock_ticks_per_second()
@@ -153,13 +152,6 @@ def is_subreaper() -> bool:
     return flag.value != 0
 
 
-def boottime_ticks() -> int:
-    """Now, in the clock of process start ticks (Linux: ``CLOCK_BOOTTIME`` ticks)."""
-    if _LINUX:
-        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
-    return int(time.time() * _TICKS)
-
-
 def _read_stat(pid: int) -> tuple[int, int, bool] | None:
     """``(ppid, start tick, zombie)`` from ``/proc/PID/stat``; ``None`` when it is gone."""
     fields = stat_fields(pid)
@@ -191,18 +183,7 @@ def direct_children(pid: int) -> list[int]:
     to the thread that forked it. Elsewhere psutil.
     """
     if _LINUX:
-        found: list[int] = []
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            return []
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                    found.extend(int(word) for word in handle.read().split())
-            except OSError:
-                continue  # the thread exited: its children moved to another task
-        return sorted(set(found))
+        return read_children(pid) or []
     import psutil
 
     try:
@@ -520,11 +501,7 @@ def tick_to_unix(tick: int) -> float:
     """A start tick as wall-clock seconds (as psutil's ``create_time``)."""
     if not _LINUX:
         return tick / _TICKS
-    with open("/proc/stat", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"btime"):
-                return tick / _TICKS + float(line.split()[1])
-    return tick / _TICKS
+    return tick / _TICKS + boot_time()
 
 
 def unix_to_tick(seconds: float) -> int:

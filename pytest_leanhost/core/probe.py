@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 from typing import NamedTuple
 
-from pytest_leanhost.core.procfs import stat_fields
+from pytest_leanhost.core.procfs import boot_time, clock_ticks_per_second, stat_fields
 from pytest_leanhost.core.registry import RegistryEntry
 
 __all__ = [
@@ -113,8 +113,8 @@ class ProcessTable:
 
 
 def _read_linux_table() -> dict[int, ProcessInfo]:
-    ticks = os.sysconf("SC_CLK_TCK")
-    boot = _linux_boot_time()
+    ticks = clock_ticks_per_second()
+    boot = boot_time()
     table: dict[int, ProcessInfo] = {}
     for name in os.listdir(_PROC):
         if not name.isdigit():
@@ -145,21 +145,13 @@ def create_time_of(pid: int) -> float:
         fields = stat_fields(pid)
         if fields is None:
             raise ProcessLookupError(pid)
-        return float(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+        return float(fields[19]) / clock_ticks_per_second() + boot_time()
     import psutil
 
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.NoSuchProcess:
         raise ProcessLookupError(pid) from None
-
-
-def _linux_boot_time() -> float:
-    with open(f"{_PROC}/stat", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"btime"):
-                return float(line.split()[1])
-    return 0.0
 
 
 def _read_psutil_table() -> dict[int, ProcessInfo]:
