@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from pytest_leanhost.core.procfs import FORCE_PSUTIL
+
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessTable
 
@@ -36,10 +38,6 @@ SESSION_ENV = "LEANHOST_SESSION"
 NODEID_ENV = "LEANHOST_NODEID"
 #: The pytest-xdist worker (``gw0``...) that started a process.
 WORKER_ENV = "LEANHOST_WORKER"
-
-#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes environments be read through
-#: psutil also on Linux: the code other platforms (macOS) run, so that CI runs it too.
-FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 
 
 def new_session_id() -> str:

@@ -15,7 +15,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 from typing import NamedTuple
 
-from pytest_leanhost.core.procfs import boot_time, clock_ticks_per_second, stat_fields
+from pytest_leanhost.core.procfs import (
+    FORCE_PSUTIL,
+    boot_time,
+    clock_ticks_per_second,
+    stat_fields,
+)
 from pytest_leanhost.core.registry import RegistryEntry
 
 __all__ = [
@@ -39,10 +44,6 @@ __all__ = [
 WRITTEN_VS_CREATED_TOLERANCE = 1.0
 
 _PROC = "/proc"
-
-#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes the table use psutil also on
-#: Linux: the code other platforms (macOS) run, so that CI runs it too.
-FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 
 
 class ProcessInfo(NamedTuple):

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 __all__ = [
+    "FORCE_PSUTIL",
     "LastPid",
     "TaskChildren",
     "boot_clock",
@@ -49,6 +50,10 @@ _LINUX = sys.platform.startswith("linux")
 #: Up to this many PIDs handed out since a reading are tried one by one; more,
 #: and one listing of ``/proc`` is cheaper.
 _TRY_EACH = 64
+#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes the process table and the
+#: environment reader use psutil also on Linux: the code other platforms (macOS) run, so
+#: that CI runs it too.
+FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 #: Whether start ticks are read from ``/proc`` (else psutil's wall-clock create times).
 _PROC_TICKS = _LINUX and os.path.isdir("/proc")
 
