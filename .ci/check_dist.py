@@ -30,6 +30,7 @@ SDIST_MUST_HOLD = [
     "CHANGELOG.md",
     "pytest_leanhost/py.typed",
     "pytest_leanhost/schemas/report.schema.json",
+    "conftest.py",
     "tests/conftest.py",
 ]
 NEVER = re.compile(

@@ -17,7 +17,7 @@ from typing import Literal, Protocol, TypeVar
 
 __all__ = [
     "Backoff",
-    "Rung",
+    "LadderRung",
     "SignalsByNumber",
     "Stoppable",
     "poll_until",
@@ -31,7 +31,7 @@ S = TypeVar("S", bound="Stoppable")
 #: Which step ended a process: it was ``gone`` before the ladder began, the optional
 #: ``first`` rung (closing stdin, say) ended it, ``terminate`` (SIGTERM) or ``kill``
 #: (SIGKILL) did, or it ``survived`` even SIGKILL for the whole kill timeout.
-Rung = Literal["gone", "first", "terminate", "kill", "survived"]
+LadderRung = Literal["gone", "first", "terminate", "kill", "survived"]
 
 _FIRST_DELAY = 0.001
 _GROWTH = 1.1
@@ -120,7 +120,7 @@ def stop_ladder(
     *,
     first: Callable[[], object] | None = None,
     kill_timeout: float = 5.0,
-) -> list[Rung]:
+) -> list[LadderRung]:
     """Stop every process by the contract's ladder; return, per process, the rung that ended it.
 
     ``first`` (when given) runs once and the processes get ``timeout`` seconds to
@@ -128,9 +128,9 @@ def stop_ladder(
     left, ``kill_timeout`` seconds. Each rung goes to all processes at once, so
     stopping many costs the waits of one.
     """
-    rungs: dict[int, Rung] = {}
+    rungs: dict[int, LadderRung] = {}
     alive = [index for index, proc in enumerate(procs) if not proc.is_gone()]
-    steps: list[tuple[Rung, Callable[[], object], float]] = []
+    steps: list[tuple[LadderRung, Callable[[], object], float]] = []
     if first is not None:
         steps.append(("first", first, timeout))
     steps.append(("terminate", lambda: [procs[index].terminate() for index in alive], timeout))

@@ -1,4 +1,4 @@
-"""Real child processes for the doctor's tests, each tracked and killed by exact PID."""
+"""Real child processes for the tests, each tracked and ended by exact PID at teardown."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from pytest_leanhost.client.spawn import ServerProcess, spawn_server
 from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.stopping import poll_until, stop_ladder
+
+P = TypeVar("P", bound="subprocess.Popen[Any]")
 
 # A minimal server: registers in argv[2] with transport argv[1], prints its PID,
 # then lives until its stdin closes, or (with argv[3] == "sleep") for two minutes.
@@ -43,19 +45,45 @@ def poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 class Children:
-    """Starts real processes and kills every one of them (exact PID) at teardown."""
+    """Real processes a test started or caused; every one is ended by exact PID at teardown.
+
+    The one child tracker of the tests (the ``children`` fixture; also a context
+    manager where a fixture cannot reach, as in a hypothesis example). A child is
+    killed through its ``Popen`` (an unreaped child keeps its PID), unless it
+    ends on stdin EOF (``ends_at_eof``): then its stdin is closed first and it
+    gets time to end by itself, so it can reap what it started. A process that is
+    not our child (a worker, a reparented server) is killed through a pin of its
+    create time, never by a PID that may name another process now.
+    """
 
     def __init__(self) -> None:
-        self._popen: list[subprocess.Popen[str]] = []
+        self._popen: list[tuple[subprocess.Popen[Any], bool]] = []
         self._adopted: list[psutil.Process] = []
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def track(self, child: P, *, ends_at_eof: bool = False) -> P:
+        """Take a child this test made with ``Popen``; it is ended at teardown, pass or fail."""
+        self._popen.append((child, ends_at_eof))
+        return child
+
+    def adopt(self, proc: psutil.Process | int) -> psutil.Process:
+        """Track a process that is not our child, pinned by its create time from now on."""
+        pinned = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        self._adopted.append(pinned)
+        return pinned
 
     def start(self, *args: str, stdin: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
         """Start ``python -c`` with ``args``, pipes for stdin and stdout."""
-        child = subprocess.Popen(
-            [sys.executable, "-c", *args], stdin=stdin, stdout=subprocess.PIPE, text=True
+        return self.track(
+            subprocess.Popen(
+                [sys.executable, "-c", *args], stdin=stdin, stdout=subprocess.PIPE, text=True
+            )
         )
-        self._popen.append(child)
-        return child
 
     def server(self, registry: Path, transport: str = "stdio") -> subprocess.Popen[str]:
         """Start a registering server child; returns once its record is written."""
@@ -69,23 +97,30 @@ class Children:
         parent = self.start(ORPHANING_PARENT_CODE, SERVER_CODE, str(registry), stdin=None)
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())
-        server = psutil.Process(pid)  # pinned by create time from here on
-        self._adopted.append(server)
+        server = self.adopt(pid)  # pinned by create time from here on
         parent.wait(10)
         assert poll(lambda: server.ppid() != parent.pid)
         return server
 
     def close(self) -> None:
+        """End everything: adopted processes by pinned SIGKILL, children by their ``Popen``."""
         for proc in self._adopted:
             # Pinned: a PID that now names another process is never signalled.
             pinned = PinnedProcess.of(proc)
             if pinned.kill():
                 assert wait_gone([pinned], 10) == []
-        for child in self._popen:
-            if child.poll() is None:
+        for child, ends_at_eof in self._popen:
+            if ends_at_eof and child.stdin is not None:
+                child.stdin.close()  # all of them first: they end side by side
+        for child, ends_at_eof in self._popen:
+            if child.poll() is None and not ends_at_eof:
                 child.kill()
-            child.wait(10)
-            for stream in (child.stdin, child.stdout):
+            try:
+                child.wait(30 if ends_at_eof else 10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+            for stream in (child.stdin, child.stdout, child.stderr):
                 if stream is not None:
                     stream.close()
 

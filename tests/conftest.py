@@ -26,6 +26,7 @@ import pytest
 
 from tests.children import Children, Started
 from tests.inner_runs import InnerPytest
+from tests.refserver_helpers import Processes
 
 _SANDBOX = tempfile.mkdtemp(prefix="leanhost-tests-")
 for _name, _sub in [
@@ -47,6 +48,16 @@ def pytest_unconfigure() -> None:
 def children() -> Iterator[Children]:
     """Start real processes; every one is killed by exact PID at teardown, pass or fail."""
     tracker = Children()
+    try:
+        yield tracker
+    finally:
+        tracker.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Reference servers and other processes; every one killed by exact PID at teardown."""
+    tracker = Processes(tmp_path)
     try:
         yield tracker
     finally:

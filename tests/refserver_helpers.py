@@ -8,7 +8,6 @@ create time when the PID was learned.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -16,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import psutil
 
 from pytest_leanhost.core.processes import is_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord
-from tests.children import poll
+from tests.children import Children, poll
 
 SERVER_COMMAND = (sys.executable, "-m", "pytest_leanhost.refserver")
 
@@ -171,10 +170,7 @@ class Processes:
 
     def __init__(self, base: Path) -> None:
         self._base = base
-        self._servers: list[RefServer] = []
-        self._popens: list[subprocess.Popen[bytes]] = []
-        self._pinned: list[psutil.Process] = []
-        self._files: list[Any] = []
+        self._children = Children()
         self._count = 0
 
     def registry(self) -> Path:
@@ -205,8 +201,7 @@ class Processes:
                 stderr=stderr,
                 env=self.env(registry, env),
             )
-        server = RefServer(popen, registry, stderr_path)
-        self._servers.append(server)
+        server = RefServer(self._children.track(popen), registry, stderr_path)
         if wait_record:
             server.wait_record()
         return server
@@ -214,37 +209,12 @@ class Processes:
     def popen(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start any other child; it is killed (exact PID) and reaped at teardown."""
         child: subprocess.Popen[bytes] = subprocess.Popen(list(command), **kwargs)
-        self._popens.append(child)
-        return child
+        return self._children.track(child)
 
     def pin(self, pid: int) -> psutil.Process:
         """Pin a PID we caused to exist (create time noted now) so teardown can kill exactly it."""
-        process = psutil.Process(pid)
-        self._pinned.append(process)
-        return process
+        return self._children.adopt(pid)
 
     def close(self) -> None:
         """Kill and reap everything still running, by exact PID; close every pipe."""
-        for server in self._servers:
-            self._popens.append(server.popen)
-        for child in self._popens:
-            if child.poll() is None:
-                child.kill()  # an unreaped child: its PID cannot have been reused
-            child.wait()
-            for stream in (child.stdin, child.stdout, child.stderr):
-                if stream is not None:
-                    stream.close()
-        for process in self._pinned:
-            if not gone(process):
-                # psutil refuses a PID now held by a younger process.
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-
-
-def track_processes(base: Path) -> Iterator[Processes]:
-    """The body of a ``processes`` fixture: teardown kills everything started, pass or fail."""
-    tracker = Processes(base)
-    try:
-        yield tracker
-    finally:
-        tracker.close()
+        self._children.close()

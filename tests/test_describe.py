@@ -6,17 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
+from pytest_leanhost.core.escapes import reparented
 from pytest_leanhost.core.probe import ProcessTable
-from tests.children import poll
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+from pytest_leanhost.record import ProcessRecord
+from tests.children import Children, poll
+from tests.proc import linux_only
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -55,36 +55,18 @@ child.wait()
 """
 
 
-@pytest.fixture
-def popen() -> Iterator[list[subprocess.Popen[str]]]:
-    """Children of this test, ended and reaped at teardown, pass or fail.
-
-    A ``sleep`` is killed at once (exact PID: the Popen object); a Python child is
-    told to end by closing its stdin, so it can reap what it started itself.
-    """
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.args[0] == SLEEP:  # type: ignore[index]
-            child.kill()
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-
-
 def start(
-    started: list[subprocess.Popen[str]],
+    children: Children,
     *argv: str,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     start_new_session: bool = False,
 ) -> subprocess.Popen[str]:
+    """A child with pipes on stdin and stdout; the shared tracker ends it at teardown.
+
+    A ``sleep`` is killed at once (exact PID: the Popen object); a Python child is
+    told to end by closing its stdin, so it can reap what it started itself.
+    """
     child = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE,
@@ -94,8 +76,7 @@ def start(
         env=env,
         start_new_session=start_new_session,
     )
-    started.append(child)
-    return child
+    return children.track(child, ends_at_eof=argv[0] != SLEEP)
 
 
 def start_time(pid: int) -> float:
@@ -115,20 +96,27 @@ def words(
 
 
 def test_facts_name_the_command_line_working_directory_and_age(
-    tmp_path: Path, popen: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
-    child = start(popen, sys.executable, "-c", "import sys; sys.stdin.read()", cwd=tmp_path)
+    child = start(children, sys.executable, "-c", "import sys; sys.stdin.read()", cwd=tmp_path)
     created = start_time(child.pid)
     facts = describe_process(child.pid, created)
     assert facts is not None
     assert facts.cmdline == (sys.executable, "-c", "import sys; sys.stdin.read()")
     assert facts.cwd == str(tmp_path)
     assert facts.started_unix == created
-    assert facts.age_seconds >= 0
+    # The age runs from the create time to the caller's clock; a clock set back before
+    # the start reads as age 0, never negative.
+    later = describe_process(child.pid, created, now=created + 2.5)
+    assert later is not None
+    assert later.age_seconds == pytest.approx(2.5)
+    behind = describe_process(child.pid, created, now=created - 1.0)
+    assert behind is not None
+    assert behind.age_seconds == 0.0
 
 
-def test_a_reused_or_reaped_pid_is_not_described(popen: list[subprocess.Popen[str]]) -> None:
-    child = start(popen, SLEEP, "30")
+def test_a_reused_or_reaped_pid_is_not_described(children: Children) -> None:
+    child = start(children, SLEEP, "30")
     created = start_time(child.pid)
     assert describe_process(child.pid, created - 5.0) is None  # another process's create time
     child.kill()
@@ -136,43 +124,43 @@ def test_a_reused_or_reaped_pid_is_not_described(popen: list[subprocess.Popen[st
     assert describe_process(child.pid, created) is None
 
 
-def test_a_plain_child_escaped_nothing(popen: list[subprocess.Popen[str]]) -> None:
-    child = start(popen, SLEEP, "30")
+def test_a_plain_child_escaped_nothing(children: Children) -> None:
+    child = start(children, SLEEP, "30")
     assert words(child.pid, first_seen=os.getpid()) == ()
 
 
 def test_a_child_with_an_empty_environment_dropped_the_marker(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30", env={})
+    child = start(children, SLEEP, "30", env={})
     # Our own eyes: the starting environment is empty, so it carries no marker.
     assert psutil.Process(child.pid).environ() == {}
     assert words(child.pid, marker_absent=True) == ("environment_dropped",)
 
 
 def test_a_child_in_a_new_process_group_says_so_and_keeps_the_session(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, sys.executable, "-c", NEW_GROUP_CODE)
+    child = start(children, sys.executable, "-c", NEW_GROUP_CODE)
     assert child.stdout is not None
     assert int(child.stdout.readline()) == child.pid  # it has moved by now
     assert words(child.pid) == ("new_process_group",)
 
 
 def test_a_child_in_a_new_session_says_new_session_and_new_process_group(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30", start_new_session=True)
+    child = start(children, SLEEP, "30", start_new_session=True)
     assert os.getsid(child.pid) == child.pid
     assert words(child.pid) == ("new_session", "new_process_group")
 
 
 @linux_only
 def test_a_setsid_double_fork_with_stdio_on_dev_null_is_reparented_and_daemonized(
-    tmp_path: Path, popen: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
     pidfile = tmp_path / "sleep.pid"
-    subreaper = start(popen, sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
+    subreaper = start(children, sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
     assert subreaper.stdout is not None
     sh_pid = int(subreaper.stdout.readline())
     sleep_pid = int(pidfile.read_text())
@@ -204,6 +192,49 @@ def test_a_setsid_double_fork_with_stdio_on_dev_null_is_reparented_and_daemonize
     assert chain[1].cmdline == (sys.executable, "-c", SUBREAPER_CODE, str(pidfile))
 
 
+@linux_only
+def test_a_server_under_another_parent_than_its_record_names_is_reparented(
+    tmp_path: Path, children: Children
+) -> None:
+    server = children.orphaned_server(tmp_path)
+    record = ProcessRecord.from_json_bytes((tmp_path / f"{server.pid}.json").read_bytes())
+    assert record.parent_pid_at_start is not None
+    now = server.ppid()
+    assert now != record.parent_pid_at_start  # our own eyes: its launcher is gone
+
+    def claimed(recorded: int | None) -> bool:
+        found = escape_words(
+            server.pid,
+            pytest_pid=os.getpid(),
+            marker_absent=False,
+            first_seen_parent=None,  # nothing saw it before: the record alone tells
+            current_parent=now,
+            recorded_parent=recorded,
+        )
+        return "reparented" in found
+
+    assert claimed(record.parent_pid_at_start)
+    assert not claimed(now)  # a record naming the parent it has now: not reparented
+    assert claimed(None) == (now == 1)  # no record, no lineage: only init as parent tells
+
+
+def test_reparented_is_claimed_from_facts_only() -> None:
+    root = 4242
+
+    def says(current: int | None, first: int | None, recorded: int | None, at: int = root) -> bool:
+        return reparented(
+            current_parent=current, first_seen_parent=first, recorded_parent=recorded, root_pid=at
+        )
+
+    assert says(7, 5, None)  # the parent first seen is not the parent now
+    assert not says(5, 5, None)
+    assert says(1, None, None)  # init holds it, and init starts nothing of the run
+    assert not says(1, None, None, at=1)  # unless the run itself is init
+    assert says(root, None, 9)  # its record names another parent at start
+    assert not says(9, None, 9)
+    assert not says(None, 5, 9)  # the parent now unknown: nothing is claimed
+
+
 def _cmd(pid: int) -> list[str]:
     try:
         return psutil.Process(pid).cmdline()
@@ -212,9 +243,9 @@ def _cmd(pid: int) -> list[str]:
 
 
 def test_a_grandchild_s_ancestry_runs_through_its_live_parent_to_the_root(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    parent = start(popen, sys.executable, "-c", GRANDPARENT_CODE, SLEEP)
+    parent = start(children, sys.executable, "-c", GRANDPARENT_CODE, SLEEP)
     assert parent.stdout is not None
     grandchild = int(parent.stdout.readline())
     chain = ancestry(grandchild, {}, ProcessTable.snapshot(), root=os.getpid())
@@ -225,9 +256,9 @@ def test_a_grandchild_s_ancestry_runs_through_its_live_parent_to_the_root(
 
 
 def test_ancestry_never_loops_and_stops_at_a_reused_pid(
-    popen: list[subprocess.Popen[str]],
+    children: Children,
 ) -> None:
-    child = start(popen, SLEEP, "30")
+    child = start(children, SLEEP, "30")
     table = ProcessTable.snapshot()
     # A parent map with a cycle (as PID reuse can make one) ends instead of looping.
     looped = ancestry(child.pid, {child.pid: os.getpid(), os.getpid(): child.pid}, table, root=1)

@@ -10,15 +10,13 @@ outer test compares the report with its own eyes.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.inner_runs import InnerPytest
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+from tests.proc import linux_only
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -26,7 +24,7 @@ SLEEP = shutil.which("sleep") or "/bin/sleep"
 # child, the inner code waits (polling) until the clock has left that tick, so the
 # phase that started it also ends after it, as any real phase that does more would.
 HELPERS = f"""
-import os, subprocess
+import os, subprocess, time
 from pathlib import Path
 from pytest_leanhost.core.lineage import boottime_ticks, start_tick
 from pytest_leanhost.stopping import poll_until
@@ -73,6 +71,8 @@ def test_a_forgotten_sleep_in_a_test_body_is_named_by_command_line_cwd_and_phase
         + f"""
 def test_forgets_a_sleep():
     forgotten_sleep(cwd={str(workdir)!r})
+    held = time.monotonic() + 0.3  # the sleep is at least this old when the check sees it
+    assert poll_until(lambda: time.monotonic() >= held, timeout=5)
 """
     )
     run = inner.run()
@@ -83,7 +83,7 @@ def test_forgets_a_sleep():
     assert process["cwd"] == str(workdir)
     assert process["phase"] == "call"
     assert process["started_in"] == "test_body.py::test_forgets_a_sleep"
-    assert process["age_seconds"] >= 0
+    assert process["age_seconds"] >= 0.3  # its age at the check: at least what the test held
     assert process["ancestry"][-1]["alive"] is True  # the inner pytest process
     assert run.report["schema_version"] == 2
     assert run.report["earlier_sessions"] == []

@@ -1,12 +1,16 @@
-"""The README's main job as a user meets it, and the sandbox that only the project's tests get."""
+"""The README's main job as a user meets it, the sandbox that only the project's tests get,
+and the root conftest that every suite of the repository shares."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from pytest_leanhost.record import REGISTRY_ENV, registry_dir
 
@@ -57,3 +61,29 @@ def test_the_main_job_shows_the_user_s_own_default_registry(tmp_path: Path) -> N
     default = tmp_path / "cache" / "lean-host-mcp" / "processes"
     assert f"default registry {default}:" in out.splitlines(), out
     assert "leanhost-tests-" not in out
+
+
+def test_the_root_conftest_keeps_builds_environments_and_npm_packages_out_of_collection(
+    pytester: pytest.Pytester,
+) -> None:
+    # Folders that copy or install tests, each with a test that fails if collected.
+    planted = [
+        "build/lib",
+        "dist/pkg/tests",
+        ".venv/lib",
+        "venv",
+        ".tox/py",
+        "tests/node/node_modules",
+    ]
+    for number, folder in enumerate(planted):
+        (pytester.path / folder).mkdir(parents=True)
+        test = pytester.path / folder / f"test_not_ours_{number}.py"
+        test.write_text("def test_not_ours():\n    assert False\n")
+    pytester.makepyfile(test_ours="def test_ours():\n    pass\n")
+    # Even a run that empties norecursedirs (pytest's own defaults cover some of these).
+    args = ("-p", "no:leanhost", "-p", "no:cacheprovider", "-o", "norecursedirs=")
+    without = pytester.runpytest_subprocess(*args)
+    without.assert_outcomes(passed=1, failed=len(planted))  # the control: all collected
+    shutil.copy(ROOT / "conftest.py", pytester.path / "conftest.py")
+    with_it = pytester.runpytest_subprocess(*args)
+    with_it.assert_outcomes(passed=1)

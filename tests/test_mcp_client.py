@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import pytest_leanhost
 from pytest_leanhost.client.mcp import (
     HttpClient,
     McpError,
@@ -290,7 +291,11 @@ def test_http_initialize_takes_the_session_and_version_from_an_event_stream(
     assert result == {"protocolVersion": "2025-06-18", "capabilities": {}}
     assert client.session_id == "sess-1"
     assert client.protocol_version == "2025-06-18"
-    (_, first, _), (_, second, note) = scripted.log
+    (_, first, sent), (_, second, note) = scripted.log
+    assert sent["params"]["clientInfo"] == {
+        "name": "pytest-leanhost",
+        "version": pytest_leanhost.__version__,
+    }
     assert first["Accept"] == "application/json, text/event-stream"
     assert first["Content-Type"] == "application/json"
     assert "Mcp-Session-Id" not in first

@@ -10,51 +10,32 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pytest_leanhost.core.processes import CREATE_TIME_TOLERANCE, PinnedProcess, wait_gone
+from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.files import remove_if_unchanged, write_atomically
 from pytest_leanhost.record import ProcessRecord, current_process_record
 from pytest_leanhost.refserver.workers import Workers
 from pytest_leanhost.stopping import poll_until, stop_ladder
+from tests.children import Children
+from tests.proc import linux_only, proc_state
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = linux_only
 
 Start = Callable[..., subprocess.Popen[bytes]]
 
 
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` from ``/proc`` (``Z`` for a zombie); None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
 @pytest.fixture
-def start() -> Iterator[Start]:
-    """Start real children (pipes on stdin); each is killed if alive and reaped at teardown."""
-    children: list[subprocess.Popen[bytes]] = []
+def start(children: Children) -> Start:
+    """Start real children (pipes on stdin); the shared tracker ends each at teardown."""
 
     def run(*argv: str) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(list(argv), stdin=subprocess.PIPE)
-        children.append(child)
-        return child
+        return children.track(subprocess.Popen(list(argv), stdin=subprocess.PIPE))
 
-    try:
-        yield run
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()  # our own unreaped child: its PID cannot have been reused
-            child.wait(10)
-            if child.stdin is not None:
-                child.stdin.close()
+    return run
 
 
 def deaf_to_sigterm(start: Start) -> subprocess.Popen[bytes]:
@@ -115,7 +96,9 @@ def test_pinned_process_with_a_wrong_create_time_is_refused_and_never_signalled(
 ) -> None:
     child = start("sleep", "60")
     right = PinnedProcess.now(child.pid)
-    wrong = PinnedProcess(child.pid, right.create_time - 10 * CREATE_TIME_TOLERANCE)
+    # A reused PID: the kernel hands a PID out again only after every other free one,
+    # so the newcomer starts seconds after the process it replaces.
+    wrong = PinnedProcess(child.pid, right.create_time + 5.0)
     assert wrong.process() is None
     assert wrong.is_gone()  # a PID that names another process: ours is gone
     assert wrong.terminate() is False

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pytest_leanhost.core.doctor import cleanup_stale_records, inspect_registry
 from pytest_leanhost.core.registry import RegistryEntry, is_record_name, scan_registry
 from pytest_leanhost.record import MAX_RECORD_BYTES, ProcessRecord, RecordError
+from tests.children import Children
 from tests.test_properties_record import json_values, parsed, records
 
 pytestmark = pytest.mark.timeout(180)
@@ -339,20 +340,16 @@ def test_scan_never_raises_while_files_vanish_and_change(seed: int) -> None:
 @contextlib.contextmanager
 def sleepers(count: int) -> Iterator[list[psutil.Process]]:
     """``count`` real ``sleep`` processes, each killed by its exact PID on the way out."""
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(count):
-            started.append(
+    with Children() as children:
+        started = [
+            children.track(
                 subprocess.Popen(
                     ["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
                 )
             )
+            for _ in range(count)
+        ]
         yield [psutil.Process(child.pid) for child in started]
-    finally:
-        for child in started:
-            # Not yet waited for, so the PID is still this child's: the kill is exact.
-            child.kill()
-            child.wait(10)
 
 
 @dataclasses.dataclass(frozen=True)

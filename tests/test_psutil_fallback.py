@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pytest_leanhost.core.probe import PID_REUSE_TOLERANCE
+from pytest_leanhost.core.identity import same_create_time
 from tests.children import poll
 from tests.inner_runs import InnerPytest
 from tests.pidlog_site.leanhost_tests_pidlog import start_and_state
@@ -99,14 +99,12 @@ def test_the_psutil_readers_agree_with_the_proc_readers(
         assert pgid == (child.pid if name == "marked" else os.getpgid(0)), name
         assert psutil_row[:2] == [ppid, pgid], name
         assert psutil_row[3] == zombie, name
-        assert abs(psutil_row[2] - created) <= PID_REUSE_TOLERANCE, name
+        assert same_create_time(psutil_row[2], created), name
     marked = str(kids["marked"].pid)
     for data in (by_proc, by_psutil):
         assert list(data["marked"]) == [marked]
         assert data["marked"][marked][1:] == ["tests/x.py::test_marked", "gw7"]
-    assert abs(by_proc["marked"][marked][0] - by_psutil["marked"][marked][0]) <= (
-        PID_REUSE_TOLERANCE
-    )
+    assert same_create_time(by_proc["marked"][marked][0], by_psutil["marked"][marked][0])
 
 
 FORGETS_A_CHILD = """

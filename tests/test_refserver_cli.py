@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ import pytest
 from pytest_leanhost.record import REGISTRY_ENV
 from pytest_leanhost.refserver import FAULTS
 from pytest_leanhost.refserver.cli import BindAddress, Config, ConfigError, parse_config
-from tests.refserver_helpers import SERVER_COMMAND, Processes, registry_files, track_processes
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    yield from track_processes(tmp_path)
+from tests.refserver_helpers import SERVER_COMMAND, registry_files
 
 
 def run_server(

@@ -8,7 +8,6 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,16 +23,10 @@ from tests.refserver_helpers import (
     registry_files,
     request,
     tool_call,
-    track_processes,
 )
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 PRIMING = b"id: 0\ndata: \n\n"
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    yield from track_processes(tmp_path)
 
 
 class Endpoint:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -27,13 +26,7 @@ from tests.refserver_helpers import (
     registry_files,
     request,
     tool_call,
-    track_processes,
 )
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    yield from track_processes(tmp_path)
 
 
 @pytest.fixture(scope="module")

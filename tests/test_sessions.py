@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,13 +20,13 @@ from pytest_leanhost.core.sessions import (
     Leftover,
     find_earlier_sessions,
     remove_ledger,
+    scan_earlier_sessions,
     terminate_leftovers,
     write_ledger,
 )
-from tests.children import poll
+from tests.children import Children, poll
+from tests.proc import linux_only, proc_start_ticks, proc_state
 from tests.report_schema import validate_report
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -63,20 +62,6 @@ def test_starts_two_sleeps_and_blocks():
 """
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None when no such PID."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2 :].split()[19])
-
-
-def proc_state(pid: int) -> bytes:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rfind(b")") + 2 :].split()[0]
-
-
 def leanhost(*args: str, sessions: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest_leanhost.core.cli", "doctor", "sessions", *args],
@@ -88,26 +73,15 @@ def leanhost(*args: str, sessions: Path | str) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.fixture
-def sleeps() -> Iterator[list[subprocess.Popen[str]]]:
-    """`sleep` children of this test; each killed (exact PID) and reaped at teardown."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        child.kill()
-        child.wait()
+def sleep(children: Children, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A ``sleep 300`` child with exactly ``env``; the shared tracker kills it at teardown."""
+    return children.track(subprocess.Popen([SLEEP, "300"], env=env, text=True))
 
 
-def sleep(started: list[subprocess.Popen[str]], env: dict[str, str]) -> subprocess.Popen[str]:
-    child = subprocess.Popen([SLEEP, "300"], env=env, text=True)
-    started.append(child)
-    return child
-
-
-def dead_pytest_ledger(directory: Path, sleeps: list[subprocess.Popen[str]]) -> str:
+def dead_pytest_ledger(directory: Path, children: Children) -> str:
     """A ledger entry naming a real process that is then killed and reaped: a dead pytest."""
     session_id = new_session_id()
-    stand_in = sleep(sleeps, {})
+    stand_in = sleep(children, {})
     write_ledger(session_id, directory=directory, pid=stand_in.pid)
     stand_in.kill()
     stand_in.wait()
@@ -134,42 +108,46 @@ def test_the_ledger_entry_names_this_process_privately_and_goes_at_a_normal_end(
 
 
 def test_a_dead_session_s_marked_process_is_a_leftover_and_an_unmarked_one_is_not(
-    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
-    session_id = dead_pytest_ledger(tmp_path, sleeps)
-    marked = sleep(sleeps, {"LEANHOST_SESSION": session_id})
-    sleep(sleeps, {})
-    sleep(sleeps, {"LEANHOST_SESSION": session_id + "0"})  # a longer id is another session
+    session_id = dead_pytest_ledger(tmp_path, children)
+    marked = sleep(children, {"LEANHOST_SESSION": session_id})
+    sleep(children, {})
+    sleep(children, {"LEANHOST_SESSION": session_id + "0"})  # a longer id is another session
     [leftover] = find_earlier_sessions(None, directory=tmp_path)
     assert (leftover.session_id, leftover.pid) == (session_id, marked.pid)
     assert leftover.create_time == psutil.Process(marked.pid).create_time()
     assert leftover.cmdline == (SLEEP, "300")
-    assert leftover.age_seconds >= 0
     assert (tmp_path / f"{session_id}.json").exists()  # it left something: kept
+    # Its age is counted from its create time to the scan's clock, and a clock set
+    # back before its start reads as age 0, never as a negative age.
+    created = leftover.create_time
+    [later] = scan_earlier_sessions(None, directory=tmp_path, now=created + 7.25).leftovers
+    assert later.age_seconds == pytest.approx(7.25)
+    [behind] = scan_earlier_sessions(None, directory=tmp_path, now=created - 3.0).leftovers
+    assert behind.age_seconds == 0.0
 
 
-def test_a_running_session_is_no_earlier_session(
-    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
-) -> None:
+def test_a_running_session_is_no_earlier_session(tmp_path: Path, children: Children) -> None:
     session_id = new_session_id()
     write_ledger(session_id, directory=tmp_path)  # this process: alive
-    sleep(sleeps, {"LEANHOST_SESSION": session_id})
+    sleep(children, {"LEANHOST_SESSION": session_id})
     assert find_earlier_sessions(None, directory=tmp_path) == []
     assert (tmp_path / f"{session_id}.json").exists()
 
 
 def test_a_marked_process_without_a_ledger_entry_is_not_reported(
-    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
     # Nothing proves that session's pytest is gone.
-    sleep(sleeps, {"LEANHOST_SESSION": new_session_id()})
+    sleep(children, {"LEANHOST_SESSION": new_session_id()})
     assert find_earlier_sessions(None, directory=tmp_path) == []
 
 
 def test_a_dead_session_that_left_nothing_loses_its_entry_and_nothing_else(
-    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
-    session_id = dead_pytest_ledger(tmp_path, sleeps)
+    session_id = dead_pytest_ledger(tmp_path, children)
     assert (tmp_path / f"{session_id}.json").exists()
     (tmp_path / "notes.txt").write_text("not ours")
     (tmp_path / "broken.json").write_text("{")
@@ -179,9 +157,9 @@ def test_a_dead_session_that_left_nothing_loses_its_entry_and_nothing_else(
 
 @linux_only
 def test_terminate_refuses_a_process_without_the_marker_and_one_whose_pid_was_reused(
-    tmp_path: Path, sleeps: list[subprocess.Popen[str]]
+    tmp_path: Path, children: Children
 ) -> None:
-    unmarked = sleep(sleeps, {})
+    unmarked = sleep(children, {})
     created = psutil.Process(unmarked.pid).create_time()
     ticks = proc_start_ticks(unmarked.pid)
     claims = [
@@ -194,7 +172,29 @@ def test_terminate_refuses_a_process_without_the_marker_and_one_whose_pid_was_re
         ("gone", ""),
     ]
     assert proc_start_ticks(unmarked.pid) == ticks
-    assert proc_state(unmarked.pid) != b"Z"
+    assert proc_state(unmarked.pid) in ("R", "S")  # alive, and no signal reached it
+
+
+@linux_only
+def test_terminate_stops_leftovers_by_the_one_ladder_sigterm_first_then_sigkill(
+    tmp_path: Path, children: Children
+) -> None:
+    session_id = dead_pytest_ledger(tmp_path, children)
+    env = {"LEANHOST_SESSION": session_id, "PATH": os.environ.get("PATH", "")}
+    polite = sleep(children, env)
+    # Deaf to SIGTERM: an ignored signal stays ignored across exec.
+    deaf = children.track(
+        subprocess.Popen(["sh", "-c", f"trap '' TERM; exec {SLEEP} 300"], env=env, text=True)
+    )
+    assert poll(lambda: Path(f"/proc/{deaf.pid}/comm").read_text() == "sleep\n")
+    leftovers = find_earlier_sessions(None, directory=tmp_path)
+    assert sorted(leftover.pid for leftover in leftovers) == sorted([polite.pid, deaf.pid])
+    results = terminate_leftovers(leftovers, 0.3)
+    actions = {result.leftover.pid: (result.action, result.reason) for result in results}
+    assert actions == {polite.pid: ("terminated", ""), deaf.pid: ("killed", "")}
+    # Our own eyes: the exit status says which signal ended each.
+    assert polite.wait(10) == -signal.SIGTERM
+    assert deaf.wait(10) == -signal.SIGKILL
 
 
 def test_doctor_sessions_reports_bad_input_in_one_line_and_loses_nothing(tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ def test_a_sigkilled_run_s_leftover_is_listed_and_terminated_and_an_unmarked_one
         # holds another process now), the unmarked one beside it is untouched.
         assert poll(lambda: proc_start_ticks(marked_pid) != marked_ticks, timeout=30)
         assert proc_start_ticks(unmarked_pid) == unmarked_ticks
-        assert proc_state(unmarked_pid) != b"Z"
+        assert proc_state(unmarked_pid) in ("R", "S")
         assert not ledger.exists()  # its session left nothing more: our own file, removed
     finally:
         for proc in pinned:

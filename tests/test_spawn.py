@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,7 +23,7 @@ from pytest_leanhost.client.spawn import ServerStartError, spawn_server
 from pytest_leanhost.core.processes import PinnedProcess, is_gone, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV
 from pytest_leanhost.stopping import stop_ladder
-from tests.children import Started
+from tests.children import Children, Started
 
 PY = sys.executable
 
@@ -338,68 +337,53 @@ def test_leaving_the_context_manager_stops_the_server(started: Started) -> None:
 # --- processes.py ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def popen_children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Plain children for the psutil helpers; killed and reaped at teardown."""
-    children: list[subprocess.Popen[bytes]] = []
-    try:
-        yield children
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-            child.wait(10)
-
-
 def sleeper(
-    children: list[subprocess.Popen[bytes]], *, ignore_sigterm: bool = False
-) -> psutil.Process:
-    """A child that sleeps a minute (optionally deaf to SIGTERM), pinned by create time."""
+    children: Children, *, ignore_sigterm: bool = False
+) -> tuple[subprocess.Popen[bytes], psutil.Process]:
+    """A child that sleeps a minute (optionally deaf to SIGTERM), and its pin by create time."""
     prefix = (
         "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignore_sigterm else ""
     )
     # It says "ready" once its SIGTERM disposition is in place.
-    child = subprocess.Popen(
-        [PY, "-c", prefix + "print('ready', flush=True); import time; time.sleep(60)"],
-        stdout=subprocess.PIPE,
+    child = children.track(
+        subprocess.Popen(
+            [PY, "-c", prefix + "print('ready', flush=True); import time; time.sleep(60)"],
+            stdout=subprocess.PIPE,
+        )
     )
-    children.append(child)
     assert child.stdout is not None
     with child.stdout:
         assert child.stdout.readline() == b"ready\n"
-    return psutil.Process(child.pid)
+    return child, psutil.Process(child.pid)
 
 
-def test_is_gone_counts_an_unreaped_zombie_as_gone(
-    popen_children: list[subprocess.Popen[bytes]],
-) -> None:
-    proc = sleeper(popen_children)
+def test_is_gone_counts_an_unreaped_zombie_as_gone(children: Children) -> None:
+    child, proc = sleeper(children)
     assert not is_gone(proc)
     os.kill(proc.pid, signal.SIGKILL)  # our own unreaped child: the PID cannot be reused
     assert wait_gone([proc], 5) == []
     assert proc.status() == psutil.STATUS_ZOMBIE  # not reaped yet, and still gone
-    popen_children[0].wait(5)
+    child.wait(5)
     assert is_gone(proc)
 
 
-def test_wait_gone_returns_the_processes_still_alive(
-    popen_children: list[subprocess.Popen[bytes]],
-) -> None:
-    proc = sleeper(popen_children)
+def test_wait_gone_returns_the_processes_still_alive(children: Children) -> None:
+    _, proc = sleeper(children)
     started_at = time.monotonic()
     assert wait_gone([proc], 0.1) == [proc]
     assert time.monotonic() - started_at >= 0.1  # it waited its timeout out
 
 
-def test_the_ladder_terminates_then_kills_then_reports_gone(
-    popen_children: list[subprocess.Popen[bytes]],
-) -> None:
-    polite = PinnedProcess.of(sleeper(popen_children))
-    deaf = PinnedProcess.of(sleeper(popen_children, ignore_sigterm=True))
+def test_the_ladder_terminates_then_kills_then_reports_gone(children: Children) -> None:
+    (polite_child, polite_proc), (deaf_child, deaf_proc) = (
+        sleeper(children),
+        sleeper(children, ignore_sigterm=True),
+    )
+    polite, deaf = PinnedProcess.of(polite_proc), PinnedProcess.of(deaf_proc)
     assert stop_ladder([polite], 5) == ["terminate"]
     assert stop_ladder([deaf], 0.1) == ["kill"]
     assert stop_ladder([polite], 5) == ["gone"]
-    assert [child.wait(5) for child in popen_children] == [-signal.SIGTERM, -signal.SIGKILL]
+    assert [polite_child.wait(5), deaf_child.wait(5)] == [-signal.SIGTERM, -signal.SIGKILL]
 
 
 # --- the reference server -------------------------------------------------------------

@@ -31,6 +31,19 @@ def test_pyproject_takes_the_version_from_the_package_only() -> None:
     assert pyproject["tool"]["hatch"]["version"]["path"] == "pytest_leanhost/__init__.py"
 
 
+def test_the_package_writes_its_version_in_one_place() -> None:
+    # The MCP client's clientInfo and everything else take pytest_leanhost.__version__,
+    # so a bump in __init__.py reaches them all: no other source file spells it out.
+    literal = f'"{pytest_leanhost.__version__}"'
+    package = ROOT / "pytest_leanhost"
+    spelled = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if literal in path.read_text(encoding="utf-8")
+    )
+    assert spelled == ["__init__.py"]
+
+
 @pytest.mark.parametrize(
     ("autoload", "args"),
     [("on", ()), ("off", ("-p", "leanhost"))],

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from pytest_leanhost.core.watch import (
     run_default_registry,
 )
 from pytest_leanhost.record import ProcessRecord
+from tests.children import Children
 
 # Registers in the default registry of the environment it was given, prints its PID,
 # and keeps its record until stdin closes.
@@ -42,8 +42,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def scrubbed_server(home: Path) -> Iterator[subprocess.Popen[str]]:
-    """A registering child given only HOME and PATH, as the MCP SDKs' stdio clients do."""
+def scrubbed_server(home: Path, children: Children) -> subprocess.Popen[str]:
+    """A registering child given only HOME and PATH, as the MCP SDKs' stdio clients do.
+
+    At teardown its stdin is closed, so it removes its record and exits by itself.
+    """
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "")}
     child = subprocess.Popen(
         [sys.executable, "-c", REGISTERING],
@@ -52,20 +55,10 @@ def scrubbed_server(home: Path) -> Iterator[subprocess.Popen[str]]:
         text=True,
         env=env,
     )
+    children.track(child, ends_at_eof=True)
     assert child.stdout is not None
-    assert child.stdin is not None
-    try:
-        assert int(child.stdout.readline()) == child.pid
-        yield child
-    finally:
-        child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            child.stdout.close()
+    assert int(child.stdout.readline()) == child.pid
+    return child
 
 
 def _record(pid: int, parent: int | None, millis: int) -> ProcessRecord:

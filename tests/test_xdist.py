@@ -41,13 +41,34 @@ def test_clean(leanhost_server, n):
     server.call_tool("echo", {"text": str(n)})
 """
 
+# The crashed test leaves a registered server that nothing but a signal can end: it
+# watches neither its stdin nor its parent and writes nothing after registering (a
+# write to a pipe whose reader died would end it, as the reference server's first
+# stderr line did once the worker's pipe reader was gone). So it is still a live
+# leaked_server when the controller looks, however loaded the machine is.
 CRASH = """
-import os, subprocess, sys
+import os, subprocess, sys, time
+from pathlib import Path
 
 HELD = []
 
-def test_crashes_its_worker(leanhost_server):
-    leanhost_server(transport="http")
+SERVER = (
+    "import threading\\n"
+    "from pytest_leanhost.record import register_server_process\\n"
+    "register_server_process('http', '127.0.0.1:9', '/mcp', install_signal_handlers=True)\\n"
+    "threading.Event().wait()\\n"
+)
+
+def test_crashes_its_worker():
+    registry = Path(os.environ["LEAN_HOST_MCP_PROCESS_REGISTRY_DIR"])
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    HELD.append(server)
+    while not (registry / f"{server.pid}.json").exists():
+        assert server.poll() is None, "the server exited before it registered"
+        time.sleep(0.01)
     HELD.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
     os._exit(1)  # the worker dies: no teardown, no worker output
 

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pytest_leanhost.client.rules import ALL_RULES, Rule, parse_rules
+from pytest_leanhost.core.listening import listening_addresses
 
 if TYPE_CHECKING:
     from pytest_leanhost.client.spawn import ServerProcess, StopResult
-    from pytest_leanhost.core.processes import PinnedProcess
 
 __all__ = [
     "ALL_RULES",
@@ -26,7 +26,6 @@ __all__ = [
     "Violation",
     "check_running",
     "check_stopped",
-    "listening_addresses",
     "parse_rules",
 ]
 
@@ -51,32 +50,6 @@ def _is_loopback(ip: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
-
-
-def listening_addresses(root: PinnedProcess | None) -> list[tuple[int, str, int]]:
-    """``(pid, ip, port)`` of every TCP socket listening in ``root``'s process tree.
-
-    Read from the OS (psutil), so it sees what the server did, not what it was told.
-    """
-    import psutil  # deferred: the plugin parses rules at configure, before any server
-
-    proc = root.process() if root is not None else None
-    if proc is None:
-        return []
-    try:
-        tree = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-    found: list[tuple[int, str, int]] = []
-    for proc in tree:
-        try:
-            connections = proc.net_connections(kind="tcp")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        for conn in connections:
-            if conn.status == psutil.CONN_LISTEN and conn.laddr:
-                found.append((proc.pid, conn.laddr.ip, conn.laddr.port))
-    return sorted(set(found))
 
 
 def check_running(server: ServerProcess, rules: Iterable[Rule] = ALL_RULES) -> list[Violation]:

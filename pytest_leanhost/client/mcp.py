@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from pytest_leanhost import __version__
+
 __all__ = [
     "DEFAULT_PROTOCOL_VERSION",
     "HttpClient",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_PROTOCOL_VERSION = "2025-06-18"
-CLIENT_INFO = {"name": "pytest-leanhost", "version": "0.1.0"}
+CLIENT_INFO = {"name": "pytest-leanhost", "version": __version__}
 _METHOD_NOT_FOUND = -32601
 _POLL_MS = 50  # how often an idle pipe reader looks at its stop flag
 _FINAL_READS = 64  # reads (64 KiB each) a stopping reader still makes of a busy pipe

@@ -34,8 +34,7 @@ from pytest_leanhost.client.mcp import (
 )
 from pytest_leanhost.core.processes import PinnedProcess, wait_gone
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RecordError
-from pytest_leanhost.stopping import Backoff, SignalsByNumber, stop_ladder
-from pytest_leanhost.stopping import Rung as LadderRung
+from pytest_leanhost.stopping import Backoff, LadderRung, SignalsByNumber, stop_ladder
 
 __all__ = [
     "READY_MODES",
@@ -666,7 +665,7 @@ def _own_port_accepts(server: ServerProcess) -> bool:
 
     Rule: a port that someone else took before the server bound it is not the server.
     """
-    from pytest_leanhost.client.contract import listening_addresses
+    from pytest_leanhost.core.listening import listening_addresses
 
     if server._bind_arg is None:
         return False

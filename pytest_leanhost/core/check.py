@@ -245,13 +245,15 @@ def _watched_records(
     """The new or changed records in watched registries that the run's processes wrote."""
     from pytest_leanhost.core.lineage import tick_to_unix
     from pytest_leanhost.core.probe import judge_entries, registry_trust
+    from pytest_leanhost.core.procfs import boot_time
     from pytest_leanhost.core.watch import SessionFacts
 
     starts = {(pid, proc.create_time) for pid, proc in marked.items()}
     starts |= {(pid, created) for pid, (created, _tick) in descendants.items()}
     if lineage is not None:
         seen = lineage.lineage.identities() - lineage.before
-        starts |= {(pid, tick_to_unix(tick)) for pid, tick in seen}
+        boot = boot_time()  # read once: one conversion per process the run started
+        starts |= {(pid, tick_to_unix(tick, boot)) for pid, tick in seen}
     facts = SessionFacts(
         process_starts=frozenset(starts),
         pytest_pids=view.pytest_pids,

@@ -28,8 +28,8 @@ from pytest_leanhost.core.doctor import (
 from pytest_leanhost.core.registry import RegistryUnreadableError
 from pytest_leanhost.core.sessions import (
     EarlierSessions,
+    LeftoverStop,
     SessionsDirError,
-    StopResult,
     leftover_lines,
     scan_earlier_sessions,
     sessions_dir,
@@ -170,7 +170,7 @@ def _doctor_sessions(args: argparse.Namespace) -> int:
             f"({problem.reason}); left in place",
             file=sys.stderr,
         )
-    stopped: list[StopResult] = []
+    stopped: list[LeftoverStop] = []
     if args.terminate and scan.leftovers:
         stopped = terminate_leftovers(scan.leftovers, args.timeout)
         # Entries whose leftovers are all gone now prove nothing more: a rescan removes them.
@@ -189,7 +189,7 @@ def _doctor_sessions(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _sessions_text(scan: EarlierSessions, stopped: list[StopResult]) -> str:
+def _sessions_text(scan: EarlierSessions, stopped: list[LeftoverStop]) -> str:
     actions = {result.leftover.pid: result for result in stopped}
     lines: list[str] = []
     for leftover in scan.leftovers:
@@ -212,7 +212,7 @@ def _sessions_text(scan: EarlierSessions, stopped: list[StopResult]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _sessions_json(scan: EarlierSessions, stopped: list[StopResult]) -> dict[str, Any]:
+def _sessions_json(scan: EarlierSessions, stopped: list[LeftoverStop]) -> dict[str, Any]:
     actions = {result.leftover.pid: result for result in stopped}
     sessions = []
     for entry in scan.sessions:

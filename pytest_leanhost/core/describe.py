@@ -16,43 +16,24 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import psutil
 
+from pytest_leanhost.core.escapes import ESCAPE_WORDS, EscapeWord, reparented
+from pytest_leanhost.core.identity import same_create_time
 from pytest_leanhost.core.procfs import stat_fields
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessInfo, ProcessTable
 
 __all__ = [
-    "CREATE_TIME_TOLERANCE",
-    "ESCAPE_WORDS",
     "Ancestor",
-    "EscapeWord",
     "ProcessFacts",
     "ancestry",
     "describe_process",
     "escape_words",
 ]
-
-#: How a process got out of the run's sight; see :func:`escape_words` for each rule.
-EscapeWord = Literal[
-    "environment_dropped", "new_session", "new_process_group", "reparented", "daemonized"
-]
-
-#: The fixed order in which :func:`escape_words` lists the words it finds.
-ESCAPE_WORDS: tuple[EscapeWord, ...] = (
-    "environment_dropped",
-    "new_session",
-    "new_process_group",
-    "reparented",
-    "daemonized",
-)
-
-#: Two create times closer than this are the same process. Create times are whole
-#: clock ticks (10 ms) after boot; the slack absorbs float rounding only.
-CREATE_TIME_TOLERANCE = 0.001
 
 _PROC = "/proc"
 _DEV_NULL = "/dev/null"
@@ -81,15 +62,11 @@ class Ancestor:
     alive: bool
 
 
-def _same_time(a: float, b: float) -> bool:
-    return abs(a - b) < CREATE_TIME_TOLERANCE
-
-
 def _pinned(pid: int, create_time: float) -> psutil.Process | None:
     """The live, non-zombie process ``pid`` if it is still the one created at ``create_time``."""
     try:
         proc = psutil.Process(pid)
-        if not _same_time(proc.create_time(), create_time):
+        if not same_create_time(proc.create_time(), create_time):
             return None  # the PID now belongs to another process
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None  # it has exited; only its exit status waits to be reaped
@@ -139,9 +116,11 @@ def escape_words(
     marker_absent: bool,
     first_seen_parent: int | None,
     current_parent: int | None,
+    recorded_parent: int | None = None,
 ) -> tuple[EscapeWord, ...]:
-    """How process ``pid`` escaped the run, as words from :data:`ESCAPE_WORDS`, in that order.
+    """How process ``pid`` escaped the run, as escape words in their fixed order.
 
+    The words and their order are :data:`~pytest_leanhost.core.escapes.ESCAPE_WORDS`.
     Each word is claimed only when the facts show it; a fact that cannot be read
     (the process is gone, the system hides it) claims nothing.
 
@@ -149,9 +128,10 @@ def escape_words(
       its starting environment lacks the session marker).
     - ``new_session``: ``os.getsid`` of the process differs from the pytest process's.
     - ``new_process_group``: ``os.getpgid`` differs from the pytest process's.
-    - ``reparented``: its parent at first sight (``first_seen_parent``, from the
-      caller's lineage data) differs from its parent now (``current_parent``, from
-      the process table); both must be known.
+    - ``reparented``: :func:`~pytest_leanhost.core.escapes.reparented` holds for
+      its parent now (``current_parent``, from the process table), its parent at
+      first sight (``first_seen_parent``, from the caller's lineage data) and the
+      parent its record names (``recorded_parent``), with pytest as the root.
     - ``daemonized`` (Linux): it has no controlling terminal (``tty_nr`` in
       ``/proc/PID/stat`` is 0) and each of its file descriptors 0, 1 and 2 is
       closed or opens ``/dev/null``. The rule is deliberately narrow: stdio
@@ -165,10 +145,11 @@ def escape_words(
         words.add("new_session")
     if _differs("getpgid", pid, pytest_pid):
         words.add("new_process_group")
-    if (
-        first_seen_parent is not None
-        and current_parent is not None
-        and first_seen_parent != current_parent
+    if reparented(
+        current_parent=current_parent,
+        first_seen_parent=first_seen_parent,
+        recorded_parent=recorded_parent,
+        root_pid=pytest_pid,
     ):
         words.add("reparented")
     if _daemonized(pid):
@@ -254,7 +235,7 @@ def _live_info(pid: int, table: ProcessTable, created: Mapping[int, float]) -> P
     if info is None or info.zombie:
         return None
     expected = created.get(pid)
-    if expected is not None and not _same_time(expected, info.create_time):
+    if expected is not None and not same_create_time(expected, info.create_time):
         return None  # the PID was reused: the ancestor we knew is gone
     return info
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from pytest_leanhost.core.escapes import ESCAPE_WORDS
+
 __all__ = [
-    "ESCAPES",
     "PHASES",
     "AncestorDetail",
     "DetailShapeError",
@@ -24,15 +25,6 @@ __all__ = [
 #: Where a process started: a phase of a test, or outside every test (``session``).
 Phase = Literal["setup", "call", "teardown", "session"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "session")
-
-#: The ways a process escaped its test, in the order the report lists them.
-ESCAPES = (
-    "environment_dropped",
-    "new_session",
-    "new_process_group",
-    "reparented",
-    "daemonized",
-)
 
 
 class DetailShapeError(ValueError):
@@ -119,7 +111,7 @@ class ProcessDetail:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
         escaped = _strings(data["escaped"])
-        if not set(escaped) <= set(ESCAPES):
+        if not set(escaped) <= set(ESCAPE_WORDS):
             raise ValueError(f"unknown escape words in {escaped}")
         cwd, started_in = data["cwd"], data["started_in"]
         if cwd is not None and not isinstance(cwd, str):

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_leanhost.core.detail import (
-    ESCAPES,
     AncestorDetail,
     Phase,
     PhaseSpan,
@@ -147,24 +146,14 @@ def _detail(
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None
     first_parent = seen.first_parent if seen is not None else None
-    words = set(
-        escape_words(
-            pid,
-            pytest_pid=root_pid,
-            marker_absent=seen is not None and seen.lineage_only,
-            first_seen_parent=first_parent,
-            current_parent=current_parent,
-        )
+    escaped = escape_words(
+        pid,
+        pytest_pid=root_pid,
+        marker_absent=seen is not None and seen.lineage_only,
+        first_seen_parent=first_parent,
+        current_parent=current_parent,
+        recorded_parent=_recorded_parent(target.data),
     )
-    # A process of the run whose parent is now init was not started by init: it was
-    # reparented, even when no first-seen parent is known (init never carries our marker).
-    if first_parent is None and current_parent == 1 and root_pid != 1:
-        words.add("reparented")
-    # A server's record names the parent it had when it registered: another one now
-    # means it was adopted (by pytest, the subreaper, when its launcher exited unseen).
-    recorded_parent = _recorded_parent(target.data)
-    if recorded_parent is not None and current_parent not in (None, recorded_parent):
-        words.add("reparented")
     known = {pid: first_parent} if first_parent is not None else {}
     chain = ancestry(pid, known, table, root=root_pid)
     return ProcessDetail(
@@ -175,7 +164,7 @@ def _detail(
         phase=phase,
         started_in=started_in,
         ancestry=tuple(AncestorDetail(a.pid, a.cmdline, a.alive) for a in chain),
-        escaped=tuple(word for word in ESCAPES if word in words),
+        escaped=escaped,
         descendants=_descendants(pid, table),
     )
 
@@ -195,6 +184,8 @@ def _recorded_parent(data: bytes | None) -> int | None:
 def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
     import psutil
 
+    from pytest_leanhost.core.identity import same_create_time
+
     found: list[RelativeDetail] = []
     for child in table.descendants(pid):
         info = table.get(child)
@@ -202,7 +193,7 @@ def _descendants(pid: int, table: ProcessTable) -> tuple[RelativeDetail, ...]:
             continue
         try:
             proc = psutil.Process(child)
-            if abs(proc.create_time() - info.create_time) >= 0.001:
+            if not same_create_time(proc.create_time(), info.create_time):
                 continue
             cmdline = tuple(proc.cmdline())
         except psutil.Error:

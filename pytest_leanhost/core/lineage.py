@@ -69,15 +69,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import os
 import sys
-import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_leanhost.core.probe import ProcessTable
-from pytest_leanhost.core.procfs import LastPid, TaskChildren, stat_fields
+from pytest_leanhost.core.procfs import (
+    LastPid,
+    TaskChildren,
+    boot_time,
+    boottime_ticks,
+    clock_ticks_per_second,
+    read_children,
+    stat_fields,
+)
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.interpreter import ChildWaiters
@@ -104,14 +110,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 _LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc")
-
-
-def clock_ticks_per_second() -> int:
-    """Clock ticks per second of process start times (``SC_CLK_TCK``; 100 when unknown)."""
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (AttributeError, ValueError, OSError):
-        return 100
 
 
 _TICKS = clock_ticks_per_second()
@@ -157,13 +155,6 @@ def is_subreaper() -> bool:
     return flag.value != 0
 
 
-def boottime_ticks() -> int:
-    """Now, in the clock of process start ticks (Linux: ``CLOCK_BOOTTIME`` ticks)."""
-    if _LINUX:
-        return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
-    return int(time.time() * _TICKS)
-
-
 def _read_stat(pid: int) -> tuple[int, int, bool] | None:
     """``(ppid, start tick, zombie)`` from ``/proc/PID/stat``; ``None`` when it is gone."""
     fields = stat_fields(pid)
@@ -195,18 +186,7 @@ def direct_children(pid: int) -> list[int]:
     to the thread that forked it. Elsewhere psutil.
     """
     if _LINUX:
-        found: list[int] = []
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            return []
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                    found.extend(int(word) for word in handle.read().split())
-            except OSError:
-                continue  # the thread exited: its children moved to another task
-        return sorted(set(found))
+        return read_children(pid) or []
     import psutil
 
     try:
@@ -626,20 +606,12 @@ class Lineage:
         return reaped
 
 
-def tick_to_unix(tick: int) -> float:
-    """A start tick as wall-clock seconds (as psutil's ``create_time``)."""
-    return tick / _TICKS + _boot_time()
-
-
-@functools.cache
-def _boot_time() -> float:
-    """When the system booted, in wall-clock seconds (``btime``; 0 off Linux). Read once."""
-    if _LINUX:
-        with open("/proc/stat", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"btime"):
-                    return float(line.split()[1])
-    return 0.0
+def tick_to_unix(tick: int, boot: float | None = None) -> float:
+    """A start tick as wall-clock seconds (as psutil's ``create_time``); ``boot``: a
+    :func:`~pytest_leanhost.core.procfs.boot_time` the caller read once for many ticks."""
+    if not _LINUX:
+        return tick / _TICKS
+    return tick / _TICKS + (boot_time() if boot is None else boot)
 
 
 def unix_to_tick(seconds: float) -> int:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from pytest_leanhost.core.procfs import FORCE_PSUTIL
+
 if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessTable
 
@@ -23,9 +25,11 @@ __all__ = [
     "WORKER_ENV",
     "MarkedProcess",
     "find_marked_processes",
+    "has_entry",
     "new_session_id",
     "processes_carrying",
     "pytest_phase_at_start",
+    "read_environ",
 ]
 
 #: The session id every process of the test run inherits.
@@ -34,10 +38,6 @@ SESSION_ENV = "LEANHOST_SESSION"
 NODEID_ENV = "LEANHOST_NODEID"
 #: The pytest-xdist worker (``gw0``...) that started a process.
 WORKER_ENV = "LEANHOST_WORKER"
-
-#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes environments be read through
-#: psutil also on Linux: the code other platforms (macOS) run, so that CI runs it too.
-FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 
 
 def new_session_id() -> str:
@@ -79,8 +79,8 @@ def processes_carrying(
     for info in table:
         if info.zombie or info.pid in excluded:
             continue
-        environ = _read_environ(info.pid)
-        if environ is None or not _has_entry(environ, marker):
+        environ = read_environ(info.pid)
+        if environ is None or not has_entry(environ, marker):
             continue
         found[info.pid] = MarkedProcess(
             pid=info.pid,
@@ -99,7 +99,7 @@ def pytest_phase_at_start(pid: int) -> tuple[str, str] | None:
     exactly which phase it started in. ``None`` when it did not keep it (a
     launcher dropped it), when it cannot be read, or when the value is not pytest's.
     """
-    environ = _read_environ(pid)
+    environ = read_environ(pid)
     value = _value(environ, "PYTEST_CURRENT_TEST") if environ is not None else None
     if value is None or not value.endswith(")"):
         return None
@@ -109,7 +109,12 @@ def pytest_phase_at_start(pid: int) -> tuple[str, str] | None:
     return nodeid, when
 
 
-def _read_environ(pid: int) -> bytes | None:
+def read_environ(pid: int) -> bytes | None:
+    """``pid``'s environment as it started: NUL-separated entries, with a NUL in front.
+
+    ``None`` when it cannot be read (gone, or not ours). Linux reads
+    ``/proc/PID/environ``; elsewhere (or with ``LEANHOST_FORCE_PSUTIL=1``) psutil.
+    """
     if not FORCE_PSUTIL and sys.platform.startswith("linux"):
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
@@ -125,8 +130,11 @@ def _read_environ(pid: int) -> bytes | None:
     return b"\0" + b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0"
 
 
-def _has_entry(environ: bytes, entry: bytes) -> bool:
-    # Entries are NUL-separated; match a whole entry, not a prefix of a longer id.
+def has_entry(environ: bytes, entry: bytes) -> bool:
+    """Whether ``environ`` (as :func:`read_environ` gives it) holds exactly ``entry``.
+
+    Entries are NUL-separated: a whole entry matches, never a prefix of a longer id.
+    """
     return b"\0" + entry + b"\0" in environ + b"\0"
 
 

@@ -15,11 +15,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import PurePath
 from typing import NamedTuple
 
-from pytest_leanhost.core.procfs import stat_fields
+from pytest_leanhost.core.procfs import (
+    FORCE_PSUTIL,
+    boot_time,
+    clock_ticks_per_second,
+    stat_fields,
+)
 from pytest_leanhost.core.registry import RegistryEntry
 
 __all__ = [
-    "PID_REUSE_TOLERANCE",
+    "WRITTEN_VS_CREATED_TOLERANCE",
     "JudgedRecord",
     "ProcessInfo",
     "ProcessTable",
@@ -28,20 +33,17 @@ __all__ = [
     "registry_trust",
 ]
 
-#: A live PID whose process was created more than this many seconds after the
-#: record was written belongs to another process: the server is gone and its
-#: PID was reused. This compares a create time with a wall clock written in a
-#: file, not two create times (that is ``core.processes.same_create_time``): the
-#: slack covers the kernel's whole-second boot time, from which every create
-#: time is computed, and errs towards "alive", so a live server's record is
-#: never judged stale.
-PID_REUSE_TOLERANCE = 1.0
+#: A record's written time (``started_unix_millis``, the server's wall clock when it
+#: wrote the record) against a process's create time: a process created more than
+#: this many seconds after the record was written did not write it (a live PID so
+#: created was reused: the server is gone), and one created up to then may have.
+#: Not two create times of one PID (that is ``core.identity.same_create_time``): the
+#: slack covers the kernel's whole-second boot time, from which every create time
+#: is computed, and errs towards "alive", so a live server's record is never judged
+#: stale.
+WRITTEN_VS_CREATED_TOLERANCE = 1.0
 
 _PROC = "/proc"
-
-#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes the table use psutil also on
-#: Linux: the code other platforms (macOS) run, so that CI runs it too.
-FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
 
 
 class ProcessInfo(NamedTuple):
@@ -112,8 +114,8 @@ class ProcessTable:
 
 
 def _read_linux_table() -> dict[int, ProcessInfo]:
-    ticks = os.sysconf("SC_CLK_TCK")
-    boot = _linux_boot_time()
+    ticks = clock_ticks_per_second()
+    boot = boot_time()
     table: dict[int, ProcessInfo] = {}
     for name in os.listdir(_PROC):
         if not name.isdigit():
@@ -144,21 +146,13 @@ def create_time_of(pid: int) -> float:
         fields = stat_fields(pid)
         if fields is None:
             raise ProcessLookupError(pid)
-        return float(fields[19]) / os.sysconf("SC_CLK_TCK") + _linux_boot_time()
+        return float(fields[19]) / clock_ticks_per_second() + boot_time()
     import psutil
 
     try:
         return float(psutil.Process(pid).create_time())
     except psutil.NoSuchProcess:
         raise ProcessLookupError(pid) from None
-
-
-def _linux_boot_time() -> float:
-    with open(f"{_PROC}/stat", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"btime"):
-                return float(line.split()[1])
-    return 0.0
 
 
 def _read_psutil_table() -> dict[int, ProcessInfo]:
@@ -275,14 +269,18 @@ def judge_entry(
     started = record.started_unix_millis / 1000.0
     info = table.get(record.pid)
     zombie = info is not None and info.zombie
-    reused = info is not None and not zombie and info.create_time > started + PID_REUSE_TOLERANCE
+    reused = (
+        info is not None
+        and not zombie
+        and info.create_time > started + WRITTEN_VS_CREATED_TOLERANCE
+    )
     parent_alive = None
     if record.parent_pid_at_start is not None:
         parent = table.get(record.parent_pid_at_start)
         parent_alive = (
             parent is not None
             and not parent.zombie
-            and parent.create_time <= started + PID_REUSE_TOLERANCE
+            and parent.create_time <= started + WRITTEN_VS_CREATED_TOLERANCE
         )
     if info is None or zombie or reused:
         return JudgedRecord(

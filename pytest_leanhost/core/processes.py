@@ -1,8 +1,9 @@
 """The pinned process: a PID plus the create time it had when it was known to be ours.
 
-Everything that asks "is this still the same process?" asks :class:`PinnedProcess`
-(:func:`same_create_time`), and every signal the host side sends goes through it:
-the create time is read again right before each signal, so a PID that now names a
+Everything that asks "is this still the same process?" of a live process asks
+:class:`PinnedProcess` (by :func:`~pytest_leanhost.core.identity.same_create_time`,
+the one identity), and every signal the host side sends goes through it: the
+create time is read again right before each signal, so a PID that now names a
 younger process is never signalled. It is a :class:`~pytest_leanhost.stopping.Stoppable`,
 so the one shutdown ladder stops it. Nothing here looks a process up by name, and
 nothing here reaps: a child's ``Popen`` reaps its own, and a PID that someone else
@@ -17,38 +18,17 @@ from typing import TypeVar
 
 import psutil
 
+from pytest_leanhost.core.identity import same_create_time
 from pytest_leanhost.stopping import SignalsByNumber, wait_for
 
 __all__ = [
-    "CREATE_TIME_TOLERANCE",
     "PinnedProcess",
     "is_gone",
     "pin",
-    "same_create_time",
     "wait_gone",
 ]
 
-#: Two create times of one PID within this many seconds are the same process.
-#:
-#: psutil computes a create time as ``/proc/PID/stat`` start ticks / ``SC_CLK_TCK``
-#: plus the boot time from ``/proc/stat``, and so does the probe's own ``/proc``
-#: reader: within one boot two readings of one process agree to the last bit, or
-#: differ by float rounding (far below a microsecond) where they were computed in
-#: another order or elsewhere (``process_iter``). The boot time as read can move by
-#: a tick on some kernels, 10 ms at ``SC_CLK_TCK`` = 100. 50 ms is five such ticks.
-#: A PID is reused only after the kernel has handed out every other free PID
-#: (``pid_max``, 32768 at the least), so a newcomer starts seconds, not
-#: milliseconds, after the process it replaces. Should the wall clock be stepped
-#: between two readings (the boot time then moves with it, in whole seconds), the
-#: process is refused as a stranger: the safe side, nothing is signalled.
-CREATE_TIME_TOLERANCE = 0.05
-
 P = TypeVar("P", "psutil.Process", "PinnedProcess")
-
-
-def same_create_time(first: float, second: float) -> bool:
-    """Whether two create times read for one PID name the same process."""
-    return abs(first - second) <= CREATE_TIME_TOLERANCE
 
 
 @dataclasses.dataclass(frozen=True)

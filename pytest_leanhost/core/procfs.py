@@ -12,7 +12,14 @@ Standard library only.
   below it, moves it. Unchanged between two readings: nothing was created in
   between, so a walk of the process tree would find nothing new. (It could only
   come back to the same value after ``pid_max`` creations in between.)
-- :class:`TaskChildren`: one process's direct children, from files kept open.
+- :class:`TaskChildren`: one process's direct children, from files kept open;
+  :func:`read_children` the same, read once.
+- :func:`boot_time`: the boot time in wall-clock seconds (``btime`` of ``/proc/stat``),
+  from which every create time is computed.
+- The clock of process start ticks: :func:`clock_ticks_per_second` (``SC_CLK_TCK``),
+  :data:`boot_clock` (now, in seconds: ``CLOCK_BOOTTIME``, which counts as start
+  ticks do, where start ticks are read from ``/proc``; else the wall clock, as
+  psutil's create times are) and :func:`boottime_ticks` (now, in ticks).
 """
 
 from __future__ import annotations
@@ -21,9 +28,21 @@ import contextlib
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 
-__all__ = ["LastPid", "TaskChildren", "pids_between", "stat_fields"]
+__all__ = [
+    "FORCE_PSUTIL",
+    "LastPid",
+    "TaskChildren",
+    "boot_clock",
+    "boot_time",
+    "boottime_ticks",
+    "clock_ticks_per_second",
+    "pids_between",
+    "read_children",
+    "stat_fields",
+]
 
 _NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _LOADAVG = "/proc/loadavg"
@@ -31,6 +50,47 @@ _LINUX = sys.platform.startswith("linux")
 #: Up to this many PIDs handed out since a reading are tried one by one; more,
 #: and one listing of ``/proc`` is cheaper.
 _TRY_EACH = 64
+#: ``LEANHOST_FORCE_PSUTIL=1`` (read once, at import) makes the process table and the
+#: environment reader use psutil also on Linux: the code other platforms (macOS) run, so
+#: that CI runs it too.
+FORCE_PSUTIL = os.environ.get("LEANHOST_FORCE_PSUTIL") == "1"
+#: Whether start ticks are read from ``/proc`` (else psutil's wall-clock create times).
+_PROC_TICKS = _LINUX and os.path.isdir("/proc")
+
+
+def clock_ticks_per_second() -> int:
+    """Clock ticks per second of process start times (``SC_CLK_TCK``; 100 when unknown)."""
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100
+
+
+_TICKS = clock_ticks_per_second()
+
+#: Now, in seconds of the clock that process start ticks count in (a C call, no Python
+#: frame: the plugin reads it at every test boundary).
+boot_clock: Callable[[], float] = (
+    functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME) if _PROC_TICKS else time.time
+)
+
+
+def boottime_ticks() -> int:
+    """Now, in the clock of process start ticks (Linux: ``CLOCK_BOOTTIME`` ticks)."""
+    return int(boot_clock() * _TICKS)
+
+
+def boot_time() -> float:
+    """The boot time in wall-clock seconds (``btime`` of ``/proc/stat``; 0.0 when absent).
+
+    Read at every call, as psutil reads it: a create time is start ticks / ``SC_CLK_TCK``
+    plus this. Raises ``OSError`` when ``/proc/stat`` cannot be read.
+    """
+    with open("/proc/stat", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    return 0.0
 
 
 def stat_fields(pid: int | str) -> list[bytes] | None:
@@ -147,6 +207,19 @@ class TaskChildren:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+
+def read_children(pid: int) -> list[int] | None:
+    """The direct children of ``pid`` now (zombies included), sorted, read once (Linux).
+
+    ``None`` when the process cannot be read. See :class:`TaskChildren` for the
+    files read; this opens them for one reading only.
+    """
+    reader = TaskChildren(pid)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def _pread_all(fd: int, size: int = 65536) -> bytes:

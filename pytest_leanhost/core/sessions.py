@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_leanhost.core.identity import same_create_time
 from pytest_leanhost.core.ledger import (
     LEDGER_SCHEMA_VERSION,
     SESSIONS_ENV,
@@ -36,16 +37,14 @@ from pytest_leanhost.core.ledger import (
     sessions_dir,
     write_ledger,
 )
-from pytest_leanhost.core.ownership import SESSION_ENV, _has_entry, _read_environ
+from pytest_leanhost.core.ownership import SESSION_ENV, has_entry, read_environ
 from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.stopping import LadderRung, stop_ladder
 
 # psutil loads only to describe or stop a leftover: writing the ledger and a scan that
 # finds no earlier session (every normal run's session start) do without it.
 if TYPE_CHECKING:
-    import psutil
-
-#: Two create times closer than this are the same process (as ``describe.CREATE_TIME_TOLERANCE``).
-CREATE_TIME_TOLERANCE = 0.001
+    from pytest_leanhost.core.processes import PinnedProcess
 
 __all__ = [
     "LEDGER_SCHEMA_VERSION",
@@ -54,8 +53,8 @@ __all__ = [
     "LedgerEntry",
     "LedgerProblem",
     "Leftover",
+    "LeftoverStop",
     "SessionsDirError",
-    "StopResult",
     "find_earlier_sessions",
     "leftover_lines",
     "remove_ledger",
@@ -161,7 +160,7 @@ StopAction = Literal["terminated", "killed", "gone", "refused", "failed"]
 
 
 @dataclasses.dataclass(frozen=True)
-class StopResult:
+class LeftoverStop:
     """One leftover and what stopping it came to; ``reason`` says why when refused or failed."""
 
     leftover: Leftover
@@ -204,7 +203,7 @@ def _pytest_gone(entry: LedgerEntry, table: ProcessTable) -> bool:
     return (
         info is None
         or info.zombie
-        or abs(info.create_time - entry.pytest_create_time) >= CREATE_TIME_TOLERANCE
+        or not same_create_time(info.create_time, entry.pytest_create_time)
     )
 
 
@@ -271,11 +270,11 @@ def _marked_leftovers(
     for info in table:
         if info.zombie or info.pid == own:
             continue
-        environ = _read_environ(info.pid)
+        environ = read_environ(info.pid)
         if environ is None:
             continue
         for session_id, marker in markers.items():
-            if _has_entry(environ, marker):
+            if has_entry(environ, marker):
                 found.append(
                     Leftover(
                         session_id=session_id,
@@ -293,85 +292,62 @@ def _marked_leftovers(
 def _cmdline(pid: int, create_time: float) -> tuple[str, ...]:
     import psutil
 
+    from pytest_leanhost.core.processes import PinnedProcess
+
+    proc = PinnedProcess(pid, create_time).process()
+    if proc is None:
+        return ()  # gone, or its PID now names another process
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) >= CREATE_TIME_TOLERANCE:
-            return ()
         return tuple(proc.cmdline())
     except psutil.Error:
         return ()
 
 
-def _still_marked(leftover: Leftover) -> tuple[psutil.Process | None, str]:
-    """The leftover's process if it is still the same process and still carries the marker."""
-    import psutil
+def _still_marked(leftover: Leftover) -> tuple[PinnedProcess | None, str]:
+    """The leftover, pinned, if it is still the same live process and still carries the marker."""
+    from pytest_leanhost.core.processes import PinnedProcess
 
-    try:
-        proc = psutil.Process(leftover.pid)
-        if abs(proc.create_time() - leftover.create_time) >= CREATE_TIME_TOLERANCE:
-            return None, "gone"  # its PID now belongs to another process
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None, "gone"
-    except psutil.NoSuchProcess:
-        return None, "gone"
-    except psutil.Error as exc:
-        return None, f"cannot inspect: {exc}"
-    environ = _read_environ(leftover.pid)
+    pinned = PinnedProcess(leftover.pid, leftover.create_time)
+    if pinned.is_gone():
+        return None, "gone"  # exited, a zombie, or its PID now belongs to another process
+    environ = read_environ(leftover.pid)
     marker = f"{SESSION_ENV}={leftover.session_id}".encode()
-    if environ is None or not _has_entry(environ, marker):
+    if environ is None or not has_entry(environ, marker):
         return None, f"does not carry {SESSION_ENV}={leftover.session_id}"
-    return proc, ""
+    return pinned, ""
 
 
-def terminate_leftovers(leftovers: Iterable[Leftover], timeout: float) -> list[StopResult]:
-    """Stop exactly these processes: SIGTERM, wait ``timeout``, then SIGKILL and wait again.
+#: What the one ladder's rung that ended a leftover means to ``doctor sessions --terminate``.
+_ACTIONS: dict[LadderRung, tuple[StopAction, str]] = {
+    "gone": ("gone", ""),
+    "first": ("terminated", ""),  # never taken: the ladder runs without a first rung here
+    "terminate": ("terminated", ""),
+    "kill": ("killed", ""),
+    "survived": ("failed", "still alive after SIGKILL"),
+}
 
-    Right before signalling, each PID must still have the leftover's create time
+
+def terminate_leftovers(leftovers: Iterable[Leftover], timeout: float) -> list[LeftoverStop]:
+    """Stop exactly these processes by the one ladder: SIGTERM, wait ``timeout``, then SIGKILL.
+
+    Right before the ladder, each PID must still have the leftover's create time
     and carry its session marker; a process that fails either check is never
-    signalled. psutil checks the create time again at each signal. Zombies
-    count as gone; nothing here reaps a process.
+    signalled. The ladder checks the create time again at each signal
+    (:class:`~pytest_leanhost.core.processes.PinnedProcess`), counts a zombie as
+    gone, and reaps nothing. After SIGKILL it waits ``timeout``, at least a second.
     """
-    import psutil
-
-    from pytest_leanhost.core.processes import wait_gone
-
-    results: dict[int, StopResult] = {}
-    pinned: dict[int, tuple[Leftover, psutil.Process]] = {}
+    results: dict[int, LeftoverStop] = {}
+    pinned: list[tuple[Leftover, PinnedProcess]] = []
     for leftover in leftovers:
         proc, why = _still_marked(leftover)
         if proc is None:
             action: StopAction = "gone" if why == "gone" else "refused"
-            results[leftover.pid] = StopResult(leftover, action, "" if why == "gone" else why)
-            continue
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            results[leftover.pid] = StopResult(leftover, "gone")
-            continue
-        except psutil.Error as exc:
-            results[leftover.pid] = StopResult(leftover, "failed", f"SIGTERM: {exc}")
-            continue
-        pinned[leftover.pid] = (leftover, proc)
-    alive = {proc.pid for proc in wait_gone([proc for _, proc in pinned.values()], timeout)}
-    for pid, (leftover, proc) in pinned.items():
-        if pid not in alive:
-            results[pid] = StopResult(leftover, "terminated")
-            continue
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            results[pid] = StopResult(leftover, "terminated")
-        except psutil.Error as exc:
-            results[pid] = StopResult(leftover, "failed", f"SIGKILL: {exc}")
-    killed = [proc for pid, (_, proc) in pinned.items() if pid in alive and pid not in results]
-    still = {proc.pid for proc in wait_gone(killed, max(timeout, 1.0))}
-    for proc in killed:
-        leftover = pinned[proc.pid][0]
-        results[proc.pid] = (
-            StopResult(leftover, "failed", "still alive after SIGKILL")
-            if proc.pid in still
-            else StopResult(leftover, "killed")
-        )
+            results[leftover.pid] = LeftoverStop(leftover, action, "" if why == "gone" else why)
+        else:
+            pinned.append((leftover, proc))
+    rungs = stop_ladder([proc for _, proc in pinned], timeout, kill_timeout=max(timeout, 1.0))
+    for (leftover, _), rung in zip(pinned, rungs, strict=True):
+        results[leftover.pid] = LeftoverStop(leftover, *_ACTIONS[rung])
     return [results[pid] for pid in sorted(results)]
 
 

@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from pytest_leanhost.core.probe import PID_REUSE_TOLERANCE
+from pytest_leanhost.core.probe import WRITTEN_VS_CREATED_TOLERANCE
 from pytest_leanhost.core.registry import RegistryEntry, RegistryUnreadableError, scan_registry
 from pytest_leanhost.record import REGISTRY_ENV, ProcessRecord, RegistryError, registry_dir
 
 __all__ = [
+    "SESSION_SPAN_SLACK_MILLIS",
     "SessionFacts",
     "WatchSnapshot",
     "WatchedRegistries",
@@ -71,6 +72,15 @@ def default_registries(
     return list(found)
 
 
+#: How far outside the session's wall-clock span a record's written time may lie and
+#: still be the session's. The span is the plugin's own reading of the wall clock, the
+#: start taken only after the watched registries were snapshotted and the end when the
+#: check runs; a record is the server's reading when it wrote it. So a record that a
+#: process of the session wrote while the snapshot was being taken lies before the
+#: span's start by up to the snapshot's duration. Not the record-time tolerance of the
+#: probe (a create time against a record's time): this one is two wall-clock readings.
+SESSION_SPAN_SLACK_MILLIS = 1000
+
 #: What a snapshot keeps of one file: its bytes, or why it could not be read.
 _Fingerprint = tuple[bytes | None, str | None]
 
@@ -102,13 +112,13 @@ def is_session_record(record: ProcessRecord, facts: SessionFacts) -> bool:
     session's processes that had started by then, or ``parent_pid_at_start``
     names one of the session's pytest processes.
     """
-    slack = int(PID_REUSE_TOLERANCE * 1000)
+    slack = SESSION_SPAN_SLACK_MILLIS
     written = record.started_unix_millis
     if not facts.started_unix_millis - slack <= written <= facts.ended_unix_millis + slack:
         return False
     written_s = written / 1000.0
     for pid, created in facts.process_starts:
-        if pid == record.pid and created <= written_s + PID_REUSE_TOLERANCE:
+        if pid == record.pid and created <= written_s + WRITTEN_VS_CREATED_TOLERANCE:
             return True
     return record.parent_pid_at_start is not None and record.parent_pid_at_start in (
         facts.pytest_pids

@@ -119,7 +119,7 @@ class LeakCheck:
         if deferred is None:
             return False
         from pytest_leanhost.core.probe import create_time_of
-        from pytest_leanhost.core.processes import same_create_time
+        from pytest_leanhost.core.identity import same_create_time
 
         with contextlib.suppress(Exception):
             return same_create_time(create_time_of(pid), deferred[0])

@@ -16,13 +16,12 @@ fixture, collection or another hook (``session``).
 
 from __future__ import annotations
 
-import functools
-import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import pytest
+
+from pytest_leanhost.core.procfs import boot_clock
 
 # The explanation's module loads only when a leak needs the spans.
 if TYPE_CHECKING:
@@ -39,12 +38,11 @@ _PHASES = ("setup", "call", "teardown")
 def start_clock() -> Callable[[], float]:
     """Now in the process start clock, in seconds (what a ``PhaseSpan`` holds).
 
-    ``CLOCK_BOOTTIME`` on Linux, where start ticks count from boot; elsewhere the
-    wall clock, as psutil's create times are.
+    :data:`~pytest_leanhost.core.procfs.boot_clock`: ``CLOCK_BOOTTIME`` on Linux,
+    where start ticks count from boot; elsewhere the wall clock, as psutil's create
+    times are.
     """
-    if sys.platform.startswith("linux"):
-        return functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
-    return time.time
+    return boot_clock
 
 
 def reported_durations(config: pytest.Config) -> dict[str, dict[str, float]]:
