@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
     from pytest_leanhost.core.check import Finding
     from pytest_leanhost.plugin.earlier import EarlierLeftover
+    from pytest_leanhost.plugin.outcome import RunVerdict
 
 __all__ = [
     "JUNIT_CASE_NAME",
     "REPORT_SCHEMA_VERSION",
     "add_junit_leaks",
+    "append_run_step_summary",
     "finding_details",
     "finding_line",
     "github_annotation",
@@ -102,3 +104,31 @@ def add_junit_leaks(config: pytest.Config, failing: Sequence[Finding]) -> bool:
     )
     case.append(failure)  # counts it among the suite's tests and failures
     return True
+
+
+def append_run_step_summary(verdict: RunVerdict, session_id: str) -> str | None:
+    """Append the run's verdict to the ``GITHUB_STEP_SUMMARY`` file, if one is named.
+
+    Returns a line saying why it could not be written, else ``None``. A finding
+    without a ``host`` of its own is this machine's.
+    """
+    import socket
+
+    from pytest_leanhost.core.step_summary import (
+        STEP_SUMMARY_ENV,
+        append_step_summary,
+        render_step_summary,
+    )
+
+    markdown = render_step_summary(
+        [finding.to_json() for finding in verdict.findings],
+        sessions=[session_id],
+        registries_checked=verdict.counts.registries_checked,
+        problems=verdict.problems,
+        default_host=socket.gethostname(),
+    )
+    try:
+        append_step_summary(markdown)
+    except OSError as exc:
+        return f"leanhost: cannot append to {STEP_SUMMARY_ENV}: {exc}"
+    return None
