@@ -12,7 +12,6 @@ the plugin's own reader. The step summary is read back from the file that
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from tests.inner_runs import InnerPytest, InnerRun
 from tests.report_schema import validate_report
+from tests.test_cli import leanhost
 
 # Each leaking test writes the PID of what it leaves into PIDS_DIR/<test name>.
 FORGETS_A_CHILD = """
@@ -84,16 +84,10 @@ def test_starts_and_waits():
 """
 
 
-def leanhost(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The ``leanhost`` command in a subprocess, with ``env`` added to this environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_leanhost.core.cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
+def merge(*reports: Path, out: Path, summary: Path) -> subprocess.CompletedProcess[str]:
+    """``leanhost report merge REPORTS --json OUT`` with ``GITHUB_STEP_SUMMARY=summary``."""
+    args = ["report", "merge", *map(str, reports), "--json", str(out)]
+    return leanhost(*args, env={"GITHUB_STEP_SUMMARY": str(summary)})
 
 
 def shard(inner: InnerPytest, path: str, keep: Path) -> tuple[InnerRun, Path]:
@@ -154,15 +148,7 @@ def test_merging_two_leaking_shards_fails_and_keeps_each_finding_s_test_and_sess
     summary = tmp_path / "step-summary.md"
     summary.write_text("earlier step\n")
 
-    result = leanhost(
-        "report",
-        "merge",
-        str(one_report),
-        str(two_report),
-        "--json",
-        str(merged_path),
-        env={"GITHUB_STEP_SUMMARY": str(summary)},
-    )
+    result = merge(one_report, two_report, out=merged_path, summary=summary)
 
     assert result.returncode == 1, result.stdout + result.stderr
     child, server = (
@@ -225,15 +211,7 @@ def test_merging_clean_shards_passes_and_says_nothing_leaked(
     assert one.result.ret == two.result.ret == 0
     summary = tmp_path / "step-summary.md"
 
-    result = leanhost(
-        "report",
-        "merge",
-        str(one_report),
-        str(two_report),
-        "--json",
-        str(tmp_path / "merged.json"),
-        env={"GITHUB_STEP_SUMMARY": str(summary)},
-    )
+    result = merge(one_report, two_report, out=tmp_path / "merged.json", summary=summary)
 
     assert result.returncode == 0, result.stdout + result.stderr
     checked = one.report["registries_checked"] + two.report["registries_checked"]
@@ -329,14 +307,7 @@ def test_keys_a_finding_carries_are_kept_and_its_host_is_shown(tmp_path: Path) -
     report.write_text(json.dumps(_minimal_report(findings=[finding])))
     summary = tmp_path / "summary.md"
 
-    result = leanhost(
-        "report",
-        "merge",
-        str(report),
-        "--json",
-        str(tmp_path / "o"),
-        env={"GITHUB_STEP_SUMMARY": str(summary)},
-    )
+    result = merge(report, out=tmp_path / "o", summary=summary)
 
     assert result.returncode == 1
     (merged,) = json.loads((tmp_path / "o").read_text())["findings"]
@@ -446,3 +417,30 @@ def test_a_step_summary_that_cannot_be_written_is_one_line_not_an_error(
     assert run.result.ret == 0
     run.result.stdout.fnmatch_lines(["leanhost: cannot append to GITHUB_STEP_SUMMARY: *"])
     assert "INTERNALERROR" not in run.result.stdout.str()
+
+
+# -- the guide ------------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "beyond-one-machine.md"
+
+
+def test_the_guide_s_matrix_workflow_uploads_every_shard_s_report_and_merges_them() -> None:
+    import yaml
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
+    workflow: dict[str, Any] = yaml.safe_load(block)
+    shard_job, merge_job = workflow["jobs"]["shard"], workflow["jobs"]["leak-verdict"]
+    groups = shard_job["strategy"]["matrix"]["group"]
+    assert shard_job["strategy"]["fail-fast"] is False
+    pytest_step = next(s for s in shard_job["steps"] if "pytest" in s.get("name", ""))
+    assert "--leanhost-report=leanhost-report-${{ matrix.group }}.json" in pytest_step["run"]
+    upload = next(s for s in shard_job["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert upload["if"] == "${{ !cancelled() }}"
+    assert upload["with"]["path"] == "leanhost-report-${{ matrix.group }}.json"
+    assert merge_job["needs"] == "shard"
+    assert merge_job["if"] == "${{ !cancelled() }}"
+    download = next(s for s in merge_job["steps"] if "download-artifact" in s.get("uses", ""))
+    assert download["with"]["pattern"] == "leanhost-report-*"
+    runs = [s["run"] for s in merge_job["steps"] if "run" in s]
+    assert f"-eq {len(groups)}" in runs[-2]
+    assert runs[-1].startswith("leanhost report merge reports/leanhost-report-*.json --json ")
