@@ -49,8 +49,6 @@ class InnerPytest:
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SITE_DIR), pythonpath])))
         # Only the plugins a run names load: a start-up of a fraction of a second.
         monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-        # Inner runs never write into this run's GitHub step summary (a test names its own).
-        monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
     def run(self, *args: str) -> InnerRun:
         """Run pytest with the plugin, a short grace and a JSON report, plus ``args``."""
