@@ -44,6 +44,15 @@ def pytest_unconfigure() -> None:
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs never append to this run's GitHub step summary; a test names its own file.
+
+    The outer run's own summary is still written: the variable is back by then.
+    """
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture
 def children() -> Iterator[Children]:
     """Start real processes; every one is killed by exact PID at teardown, pass or fail."""

@@ -85,7 +85,7 @@ def test_forgets_a_sleep():
     assert process["started_in"] == "test_body.py::test_forgets_a_sleep"
     assert process["age_seconds"] >= 0.3  # its age at the check: at least what the test held
     assert process["ancestry"][-1]["alive"] is True  # the inner pytest process
-    assert run.report["schema_version"] == 2
+    assert run.report["schema_version"] == 3
     assert run.report["earlier_sessions"] == []
     assert run.report["watched_registries"]  # the default registries, listed
     text = run.result.stdout.str()

@@ -136,7 +136,7 @@ def test_the_report_is_written_also_when_nothing_leaked(pytester: pytest.Pyteste
     assert result.ret == 0
     data = json.loads(report.read_text())
     assert data == {
-        "schema_version": 2,
+        "schema_version": 3,
         "session_id": data["session_id"],
         "interrupted": False,
         "registries_checked": 0,

@@ -8,12 +8,19 @@ also 1 when any record is stale, orphaned, reused or corrupt; 2 for a usage erro
 ``leanhost doctor sessions [--terminate] [--json]``: what runs killed outright
 left alive. Exit status 0 when the listing was produced; 1 when the sessions
 directory cannot be read or a leftover could not be stopped; 2 for a usage error.
+
+``leanhost report merge REPORT... [--json OUT]``: one verdict from several
+``--leanhost-report`` files (the shards of a suite). Exit status 0 when no
+finding fails the run; 1 when one does; 2 when a file is not a leanhost report
+or has an unknown ``schema_version`` (one line naming it), OUT cannot be
+written, or for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's parser; every option is described in ``--help``."""
     parser = argparse.ArgumentParser(
         prog="leanhost",
-        description="Diagnostics for MCP servers registered in a lean-host-mcp process registry.",
+        description=(
+            "Diagnostics for MCP servers registered in a lean-host-mcp process registry, "
+            "and the reports of pytest-leanhost runs."
+        ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     doctor = commands.add_parser("doctor", help="inspect registered server processes")
@@ -109,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long each of SIGTERM and SIGKILL may take (default 5)",
     )
+    report = commands.add_parser("report", help="combine --leanhost-report files")
+    actions = report.add_subparsers(dest="topic", metavar="ACTION", required=True)
+    merge = actions.add_parser(
+        "merge",
+        help="one verdict and one report from the reports of several shards",
+        description=(
+            "Read the --leanhost-report files of several runs (the shards of a suite split "
+            "across CI jobs), print one leanhost summary as a run prints it, and exit 1 when "
+            "any leak fails the run, 0 when none does, 2 when a file is not a leanhost report "
+            "or has an unknown schema_version. With GITHUB_STEP_SUMMARY set, also append the "
+            "merged verdict there as Markdown. Reads only the reports: no process is looked "
+            "at or signalled."
+        ),
+    )
+    merge.add_argument("reports", nargs="+", metavar="REPORT", help="a --leanhost-report file")
+    merge.add_argument(
+        "--json",
+        metavar="OUT",
+        help="write the merged report to OUT (the same JSON Schema; each finding keeps "
+        "its test and host and gains its shard's session_id; a shards list names the inputs)",
+    )
     return parser
 
 
@@ -125,6 +156,8 @@ def _seconds(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return _report_merge(args)
     if args.topic == "sessions":
         return _doctor_sessions(args)
     try:
@@ -248,6 +281,63 @@ def _sessions_json(scan: EarlierSessions, stopped: list[LeftoverStop]) -> dict[s
         "sessions": sessions,
         "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
     }
+
+
+def _report_merge(args: argparse.Namespace) -> int:
+    """``leanhost report merge``: read every report, print the merged summary, write, exit."""
+    from pytest_leanhost.core.merge import ReportFileError, merge_reports, read_report
+
+    shards, broken = [], False
+    for path in args.reports:
+        try:
+            shards.append(read_report(path))
+        except ReportFileError as exc:
+            print(f"leanhost: error: {exc}", file=sys.stderr)
+            broken = True
+    if broken:
+        return 2
+    merged = merge_reports(shards)
+    for warning in merged.warnings:
+        print(f"leanhost: warning: {warning}", file=sys.stderr)
+    from pytest_leanhost.core.merge import summary_lines
+
+    lines = [_section("leanhost"), *(line for line, _ in summary_lines(merged))]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    status = 1 if merged.failing else 0
+    if args.json:
+        from pytest_leanhost.files import write_atomically
+
+        text = json.dumps(merged.document, indent=2) + "\n"
+        try:
+            write_atomically(args.json, text.encode("utf-8"))
+        except OSError as exc:
+            print(f"leanhost: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 2
+    from pytest_leanhost.core.step_summary import (
+        STEP_SUMMARY_ENV,
+        append_step_summary,
+        render_step_summary,
+    )
+
+    if os.environ.get(STEP_SUMMARY_ENV):
+        document = merged.document
+        markdown = render_step_summary(
+            document["findings"],
+            sessions=[str(entry.get("session_id", "-")) for entry in document["shards"]],
+            registries_checked=document["registries_checked"],
+            reports=len(document["shards"]),
+        )
+        try:
+            append_step_summary(markdown)
+        except OSError as exc:
+            print(f"leanhost: warning: cannot append to {STEP_SUMMARY_ENV}: {exc}", file=sys.stderr)
+    return status
+
+
+def _section(title: str, width: int = 80) -> str:
+    """A title centred in a line of ``=``, as pytest draws a summary section's."""
+    fill = max(width - len(title) - 2, 2)
+    return f"{'=' * (fill // 2)} {title} {'=' * (fill - fill // 2)}"
 
 
 if __name__ == "__main__":

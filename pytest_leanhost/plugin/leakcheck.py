@@ -118,8 +118,8 @@ class LeakCheck:
         deferred = self._deferred_pids.get(pid)
         if deferred is None:
             return False
-        from pytest_leanhost.core.probe import create_time_of
         from pytest_leanhost.core.identity import same_create_time
+        from pytest_leanhost.core.probe import create_time_of
 
         with contextlib.suppress(Exception):
             return same_create_time(create_time_of(pid), deferred[0])

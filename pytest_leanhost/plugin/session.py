@@ -353,6 +353,11 @@ class LeanhostSession:
 
         tr = terminalreporter
         failing = verdict.failing
+        if os.environ.get("GITHUB_STEP_SUMMARY"):  # GitHub Actions: the verdict as Markdown
+            from pytest_leanhost.plugin.report import append_run_step_summary
+
+            if (problem := append_run_step_summary(verdict, state.session_id)) is not None:
+                tr.line(problem, yellow=True)
         self._earlier_section(tr)
         if verdict.findings or verdict.problems:
             tr.section("leanhost", sep="=", red=verdict.fails_run, bold=True)

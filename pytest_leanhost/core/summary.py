@@ -1,0 +1,156 @@
+"""The report's words without pytest: a finding's lines, the grouped section, annotations.
+
+Pure formatting of findings (no pytest, no psutil, nothing read or written), so
+that both the plugin's terminal section and ``leanhost report merge`` print a
+leak the same way. :mod:`pytest_leanhost.plugin.report` re-exports these names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_leanhost.core.finding import Finding
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "finding_details",
+    "finding_line",
+    "github_annotation",
+    "grouped_lines",
+]
+
+#: Version of the ``--leanhost-report`` document. 2 is additive over 1: each finding's
+#: ``process``, and the top level's ``earlier_sessions`` and ``watched_registries``;
+#: 3 over 2: each finding's ``found_at``.
+REPORT_SCHEMA_VERSION = 3
+
+
+def finding_line(finding: Finding) -> str:
+    """A leak's first line, greppable: kind, test, PID, transport, what was done, flags.
+
+    Long paths (the record) and the detail follow on indented lines
+    (:func:`finding_details`), so the first line stays short. An ambiguous start
+    tick names every candidate test, never one at random.
+    """
+    tests = " | ".join(finding.nodeids) or finding.nodeid or "<session>"
+    line = (
+        f"{finding.kind} {tests} pid={_dash(finding.pid)}"
+        f" transport={_dash(finding.transport)} action={finding.action}"
+    )
+    if finding.worker:
+        line += f" worker={finding.worker}"
+    if finding.allowed:
+        line += " [allowed]"
+    return line
+
+
+def finding_details(finding: Finding, indent: str = "  ") -> list[str]:
+    """The indented lines under a leak's first line: the process tree, record, detail."""
+    lines: list[str] = []
+    process = finding.process
+    if process is not None:
+        started = f"started in {process.phase}"
+        if process.started_in is not None and process.started_in != finding.nodeid:
+            started += f" of {process.started_in}"
+        lines.append(
+            f"{indent}{finding.pid} {_command(process.cmdline)}"
+            f"  (age {_age(process.age_seconds)}, {started})"
+        )
+        depth = {finding.pid: 0}
+        for child in process.descendants:
+            level = depth.get(child.ppid, 0) + 1
+            depth[child.pid] = level
+            lines.append(f"{indent}{'   ' * (level - 1)}└─ {child.pid} {_command(child.cmdline)}")
+        if process.escaped:
+            lines.append(f"{indent}escaped={','.join(process.escaped)}")
+        if process.ancestry:
+            chain = " <- ".join(
+                f"{a.pid} {_command(a.cmdline, 60)}{'' if a.alive else ' (dead)'}"
+                for a in process.ancestry
+            )
+            lines.append(f"{indent}ancestry: {chain}")
+        if process.cwd is not None:
+            lines.append(f"{indent}cwd={process.cwd}")
+    if finding.record is not None:
+        lines.append(f"{indent}record={finding.record}")
+    elif finding.registry is not None:
+        lines.append(f"{indent}registry={finding.registry}")
+    if finding.detail:
+        lines.append(f"{indent}{finding.detail}")
+    return lines
+
+
+def grouped_lines(findings: Sequence[Finding]) -> list[tuple[str, bool]]:
+    """The ``leanhost`` section: findings grouped by test, each with its details; red or not.
+
+    A leaked process that descends from another leak of the same test is shown
+    under it, so a server and the workers it left read as one leak.
+    """
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault(finding.nodeid or "<session>", []).append(finding)
+    lines: list[tuple[str, bool]] = []
+    for nodeid, group in groups.items():
+        lines.append((f"{nodeid}: {len(group)} leak(s)", False))
+        pids = {f.pid for f in group if f.pid is not None}
+        parent_of: dict[Finding, int] = {}
+        for finding in group:
+            if finding.process is None:
+                continue
+            for ancestor in finding.process.ancestry:
+                if ancestor.pid in pids and ancestor.pid != finding.pid:
+                    parent_of[finding] = ancestor.pid
+                    break
+        under: dict[int, list[Finding]] = {}
+        for finding, pid in parent_of.items():
+            under.setdefault(pid, []).append(finding)
+        for finding in group:
+            if finding not in parent_of:
+                _emit_tree(finding, "", under, lines)
+    return lines
+
+
+def _emit_tree(
+    finding: Finding, indent: str, under: dict[int, list[Finding]], lines: list[tuple[str, bool]]
+) -> None:
+    red = not finding.allowed
+    lines.append((indent + finding_line(finding), red))
+    lines.extend((line, red) for line in finding_details(finding, " " * len(indent) + "  "))
+    for child in under.get(finding.pid if finding.pid is not None else -1, []):
+        _emit_tree(child, " " * len(indent) + "└─ ", under, lines)
+
+
+def _command(cmdline: Sequence[str], width: int = 120) -> str:
+    import shlex
+
+    # One line per process: a newline inside an argument (a ``-c`` script) is shown escaped.
+    text = shlex.join(cmdline).replace("\n", "\\n") if cmdline else "-"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.0f}min"
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def github_annotation(finding: Finding) -> str:
+    """A GitHub Actions ``::error`` workflow command naming the test that leaked."""
+    title = _escape_property(f"leanhost {finding.kind}")
+    message = _escape_data(
+        f"{finding.nodeid or 'session'} leaked: {finding.kind} pid={_dash(finding.pid)}"
+        f" record={_dash(finding.record)} action={finding.action}"
+    )
+    return f"::error title={title}::{message}"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
