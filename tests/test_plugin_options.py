@@ -176,7 +176,8 @@ def test_bad_values_are_usage_errors_before_any_test_runs(
     pytester: pytest.Pytester, args: list[str], message: str
 ) -> None:
     pytester.makepyfile(test_never="def test_never():\n    raise AssertionError\n")
-    result = pytester.runpytest_subprocess("-p", "leanhost", *args)
+    # (-p no:asyncio: pytest-asyncio, a test dependency, warns on stderr in a bare pytester dir)
+    result = pytester.runpytest_subprocess("-p", "leanhost", "-p", "no:asyncio", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.stderr.lines if line] == [f"ERROR: {message}"]
 

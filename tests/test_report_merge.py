@@ -272,7 +272,7 @@ def test_an_unknown_schema_version_exits_2_naming_the_file(
     assert result.returncode == 2
     assert result.stderr == (
         f"leanhost: error: {future}: not a leanhost report: unknown schema_version 99 "
-        "(this leanhost reads 1, 2)\n"
+        "(this leanhost reads 1, 2, 3)\n"
     )
     assert leanhost("report", "merge", str(report)).returncode == 0  # the real one alone is fine
 

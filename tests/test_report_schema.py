@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pytest_leanhost.core.kinds import LEAK_KINDS
+from pytest_leanhost.core.kinds import FOUND_AT, LEAK_KINDS
 from tests.inner_runs import InnerPytest
 
 
@@ -43,10 +43,8 @@ def test_the_schema_is_draft_2020_12_and_names_every_leak_kind() -> None:
     schema = load_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$defs"]["finding"]["properties"]["kind"]["enum"] == list(LEAK_KINDS)
-    assert schema["properties"]["schema_version"] == {
-        "description": "The version of this document's layout.",
-        "const": 2,
-    }
+    assert schema["properties"]["schema_version"]["enum"] == [1, 2, 3]
+    assert schema["$defs"]["finding"]["properties"]["found_at"]["enum"] == list(FOUND_AT)
 
 
 CLEAN = """
@@ -123,7 +121,7 @@ def test_a_leaking_run_s_report_validates(
 
 
 REPORT: dict[str, Any] = {
-    "schema_version": 2,
+    "schema_version": 3,
     "session_id": "lh-0123",
     "interrupted": False,
     "registries_checked": 1,
@@ -167,11 +165,12 @@ def test_the_schema_requires_every_key_and_checks_the_words(
         ("pid", -1),
         ("allowed", None),
         ("detail", None),
+        ("found_at", "later"),
     ]:
         broken = copy.deepcopy(REPORT)
         broken["findings"][0][key] = value
         assert len(errors(validator, broken)) == 1, (key, value)
-    assert errors(validator, {**REPORT, "schema_version": 1}) != []
+    assert errors(validator, {**REPORT, "schema_version": 99}) != []
     assert errors(validator, {**REPORT, "interrupted": "no"}) != []
 
 
