@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CREATE_TIME_TOLERANCE",
+    "ESCAPE_MEANINGS",
     "ESCAPE_WORDS",
     "Ancestor",
     "EscapeWord",
@@ -48,6 +49,23 @@ ESCAPE_WORDS: tuple[EscapeWord, ...] = (
     "new_process_group",
     "reparented",
     "daemonized",
+)
+
+#: What each escape word says about a process, in :data:`ESCAPE_WORDS` order: the
+#: documentation's table and troubleshooting entries are generated from it.
+ESCAPE_MEANINGS: dict[EscapeWord, str] = dict(
+    zip(
+        ESCAPE_WORDS,
+        (
+            "it was found by lineage: its starting environment lacks the run's session marker",
+            "it runs in a session other than pytest's (setsid)",
+            "it runs in a process group other than pytest's (setpgid)",
+            "its parent now is not the parent it had when the run first saw it",
+            "it has no controlling terminal and its stdin, stdout and stderr are closed "
+            "or /dev/null",
+        ),
+        strict=True,
+    )
 )
 
 #: Two create times closer than this are the same process. Create times are whole
