@@ -29,6 +29,7 @@ myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence", "deflist"]
 suppress_warnings: list[str] = []
 nitpicky = True
+smartquotes = False  # option names and commands are shown as typed: --x stays --x
 
 html_theme = "furo"
 html_title = f"pytest-leanhost {release}"

@@ -147,10 +147,18 @@ def _fixture_list() -> str:
 def _factory_signature() -> str:
     from pytest_leanhost.plugin.fixtures import ServerFactory
 
-    signature = inspect.signature(ServerFactory.__call__)
-    parameters = [p for p in signature.parameters.values() if p.name != "self"]
-    text = ", ".join(str(p) for p in parameters)
-    return f"```python\nleanhost_server({text}) -> ServerProcess\n```"
+    signature = inspect.signature(ServerFactory.__call__)  # annotations stay strings
+    shown: list[str] = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "self":
+            continue
+        star = "*" if parameter.kind is inspect.Parameter.VAR_POSITIONAL else ""
+        text = f"{star}{parameter.name}: {parameter.annotation}"
+        if parameter.default is not inspect.Parameter.empty:
+            text += f" = {parameter.default!r}"
+        shown.append(text)
+    lines = ",\n".join(f"    {text}" for text in shown)
+    return f"```python\nleanhost_server(\n{lines},\n) -> ServerProcess\n```"
 
 
 def _kinds() -> str:
@@ -180,7 +188,7 @@ def _kind(name: str) -> str:
 
     if name not in LEAK_KINDS:
         raise ExtensionError(f"leanhost:kind {name}: not a leak kind")
-    return f"**What it means:** {_md(LEAK_KINDS[name])}."  # type: ignore[index]
+    return f"**What it means:** {_md(LEAK_KINDS[name])}."
 
 
 def _escape(name: str) -> str:
@@ -188,7 +196,7 @@ def _escape(name: str) -> str:
 
     if name not in ESCAPE_MEANINGS:
         raise ExtensionError(f"leanhost:escape {name}: not an escape word")
-    return f"**What it means:** {_md(ESCAPE_MEANINGS[name])}."  # type: ignore[index]
+    return f"**What it means:** {_md(ESCAPE_MEANINGS[name])}."
 
 
 def cli_commands(
