@@ -172,7 +172,9 @@ def capture_leaky(ws: Workspace) -> list[str]:
     first = next(f for f in document["findings"] if f["kind"] == "leaked_server")
     document["findings"] = [first]
     write("report.json", ws.mask(json.dumps(document, indent=2)) + "\n")
-    _readme_block("leaky", _readme_excerpt(section(out, "leanhost")))
+    excerpt = _readme_excerpt(section(out, "leanhost"))
+    _readme_block("leaky", excerpt)
+    write("leaky-excerpt.txt", excerpt + "\n")
     return finding_blocks(section(out, "leanhost"))
 
 

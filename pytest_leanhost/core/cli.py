@@ -1,13 +1,8 @@
-"""The ``leanhost`` command.
+"""The ``leanhost`` command: ``leanhost doctor processes`` and ``leanhost doctor sessions``.
 
-``leanhost doctor processes [--cleanup-stale-records] [--json]``: exit status 0
-when the listing was produced, whatever it found; 1 when the registry exists
-but cannot be read, or a stale record could not be removed; with ``--check``
-also 1 when any record is stale, orphaned, reused or corrupt; 2 for a usage error.
-
-``leanhost doctor sessions [--terminate] [--json]``: what runs killed outright
-left alive. Exit status 0 when the listing was produced; 1 when the sessions
-directory cannot be read or a leftover could not be stopped; 2 for a usage error.
+Exit status 0 when the listing was produced, 1 when it could not be read or an action
+failed (or, with ``--check``, a record is not clean), 2 for a usage error. See
+docs/reference/cli.md.
 """
 
 from __future__ import annotations
