@@ -161,42 +161,42 @@ def _factory_signature() -> str:
     return f"```python\nleanhost_server(\n{lines},\n) -> ServerProcess\n```"
 
 
-def _kinds() -> str:
+def _words() -> dict[str, tuple[dict[str, str], str]]:
+    """The closed word lists a page can ask about: kinds and escape words, with their headers."""
+    from pytest_leanhost.core.describe import ESCAPE_MEANINGS
     from pytest_leanhost.core.kinds import LEAK_KINDS
 
-    out = ["| kind | what was found |", "| --- | --- |"]
-    out += [
-        f"| [`{kind}`]({{root}}troubleshooting.md#{kind}) | {_md(meaning)} |"
-        for kind, meaning in LEAK_KINDS.items()
-    ]
-    return "\n".join(out)
+    return {
+        "kind": (dict(LEAK_KINDS), "| kind | what was found |"),
+        "escape": (dict(ESCAPE_MEANINGS), "| word | what it says about the process |"),
+    }
 
 
-def _escapes() -> str:
-    from pytest_leanhost.core.describe import ESCAPE_MEANINGS
+def _table_of(which: str) -> Callable[[], str]:
+    """A part: the table of one word list, each word linking to its troubleshooting entry."""
 
-    out = ["| word | what it says about the process |", "| --- | --- |"]
-    out += [
-        f"| [`{word}`]({{root}}troubleshooting.md#{word}) | {_md(meaning)} |"
-        for word, meaning in ESCAPE_MEANINGS.items()
-    ]
-    return "\n".join(out)
+    def table() -> str:
+        meanings, header = _words()[which]
+        out = [header, "| --- | --- |"]
+        out += [
+            f"| [`{word}`]({{root}}troubleshooting.md#{word}) | {_md(meaning)} |"
+            for word, meaning in meanings.items()
+        ]
+        return "\n".join(out)
 
-
-def _kind(name: str) -> str:
-    from pytest_leanhost.core.kinds import LEAK_KINDS
-
-    if name not in LEAK_KINDS:
-        raise ExtensionError(f"leanhost:kind {name}: not a leak kind")
-    return f"**What it means:** {_md(LEAK_KINDS[name])}."
+    return table
 
 
-def _escape(name: str) -> str:
-    from pytest_leanhost.core.describe import ESCAPE_MEANINGS
+def _meaning_of(which: str) -> Callable[[str], str]:
+    """A part: what one word of a word list means, from the code."""
 
-    if name not in ESCAPE_MEANINGS:
-        raise ExtensionError(f"leanhost:escape {name}: not an escape word")
-    return f"**What it means:** {_md(ESCAPE_MEANINGS[name])}."
+    def meaning(name: str) -> str:
+        meanings = _words()[which][0]
+        if name not in meanings:
+            raise ExtensionError(f"leanhost:{which} {name}: no such word in the code")
+        return f"**What it means:** {_md(meanings[name])}."
+
+    return meaning
 
 
 def cli_commands(
@@ -285,10 +285,10 @@ _PARTS: dict[str, Callable[..., str]] = {
     "fixture": _fixture,
     "fixture-list": _fixture_list,
     "factory-signature": _factory_signature,
-    "kinds": _kinds,
-    "escapes": _escapes,
-    "kind": _kind,
-    "escape": _escape,
+    "kinds": _table_of("kind"),
+    "escapes": _table_of("escape"),
+    "kind": _meaning_of("kind"),
+    "escape": _meaning_of("escape"),
     "cli-help": _cli_help,
     "schema-fields": _schema_fields,
 }
