@@ -167,8 +167,11 @@ def _words() -> dict[str, tuple[dict[str, str], str]]:
     from pytest_leanhost.core.kinds import LEAK_KINDS
 
     return {
-        "kind": (dict(LEAK_KINDS), "| kind | what was found |"),
-        "escape": (dict(ESCAPE_MEANINGS), "| word | what it says about the process |"),
+        "kind": ({str(k): v for k, v in LEAK_KINDS.items()}, "| kind | what was found |"),
+        "escape": (
+            {str(k): v for k, v in ESCAPE_MEANINGS.items()},
+            "| word | what it says about the process |",
+        ),
     }
 
 
