@@ -1,19 +1,10 @@
-"""The ``leanhost`` command.
+"""The ``leanhost`` command: ``doctor processes``, ``doctor sessions`` and ``report merge``.
 
-``leanhost doctor processes [--cleanup-stale-records] [--json]``: exit status 0
-when the listing was produced, whatever it found; 1 when the registry exists
-but cannot be read, or a stale record could not be removed; with ``--check``
-also 1 when any record is stale, orphaned, reused or corrupt; 2 for a usage error.
-
-``leanhost doctor sessions [--terminate] [--json]``: what runs killed outright
-left alive. Exit status 0 when the listing was produced; 1 when the sessions
-directory cannot be read or a leftover could not be stopped; 2 for a usage error.
-
-``leanhost report merge REPORT... [--json OUT]``: one verdict from several
-``--leanhost-report`` files (the shards of a suite). Exit status 0 when no
-finding fails the run; 1 when one does; 2 when a file is not a leanhost report
-or has an unknown ``schema_version`` (one line naming it), OUT cannot be
-written, or for a usage error.
+Exit status 0 when the listing was produced (``report
+merge``: when no finding fails the run), 1 when it could not be read or an action
+failed (or, with ``--check``, a record is not clean; ``report merge``: a finding
+fails the run), 2 for a usage error or a file that is not a leanhost report. See
+docs/reference/cli.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["ESCAPE_WORDS", "EscapeWord", "reparented"]
+__all__ = ["ESCAPE_MEANINGS", "ESCAPE_WORDS", "EscapeWord", "reparented"]
 
 #: How a process got out of the run's sight; see ``describe.escape_words`` for each rule.
 EscapeWord = Literal[
@@ -25,6 +25,23 @@ ESCAPE_WORDS: tuple[EscapeWord, ...] = (
     "new_process_group",
     "reparented",
     "daemonized",
+)
+
+#: What each escape word says about a process, in :data:`ESCAPE_WORDS` order: the
+#: documentation's table and troubleshooting entries are generated from it.
+ESCAPE_MEANINGS: dict[EscapeWord, str] = dict(
+    zip(
+        ESCAPE_WORDS,
+        (
+            "it was found by lineage: its starting environment lacks the run's session marker",
+            "it runs in a session other than pytest's (setsid)",
+            "it runs in a process group other than pytest's (setpgid)",
+            "its parent now is not the parent it had when the run first saw it",
+            "it has no controlling terminal and its stdin, stdout and stderr are closed "
+            "or /dev/null",
+        ),
+        strict=True,
+    )
 )
 
 

@@ -1,16 +1,7 @@
 """The session ledger: what a run killed outright (SIGKILL, OOM, CI timeout) left behind.
 
-At session start the controller writes ``<sessions dir>/<session_id>.json``
-naming its own PID and create time, and removes it at a normal end. A later
-run (or ``leanhost doctor sessions``) reads the ledger: an entry whose pytest
-process is gone (no such PID, or the PID now has another create time) proves
-that session ended without cleaning up, and every live process whose starting
-environment carries ``LEANHOST_SESSION=<that id>`` is what it left.
-
-Without a ledger entry nothing proves that a session's pytest is gone, so a
-process carrying a session id with no entry is never reported. A leftover that
-carried no marker (a launcher scrubbed its environment) cannot be found at all
-once its pytest died: only the dead run knew its lineage.
+An entry whose pytest is gone proves its session died; the live processes carrying
+that session's marker are what it left. See docs/guides/earlier-runs.md.
 """
 
 from __future__ import annotations

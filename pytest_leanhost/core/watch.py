@@ -1,14 +1,8 @@
 """Watched registries: where a server that lost the registry variable writes its record.
 
-A server launched with a scrubbed environment registers in a default registry
-instead of its test's: the default as the run computes it, or, when it kept
-only ``HOME`` (the MCP SDKs' stdio clients), ``$HOME/.cache/lean-host-mcp/processes``
-on Linux whatever ``XDG_CACHE_HOME`` the run has. These and any extra
-directories are snapshotted at session start (names and contents of the
-record files, no link followed); at session end only what is new or changed
-since is looked at, and of that only what the session's own processes wrote.
-What a registry held before the session is never returned, so never blamed
-or removed.
+Snapshotted at session start; at the check only new or changed records that the
+session's own processes wrote are returned, so what a registry held before is never
+blamed or removed. See docs/how-it-works/watched-registries.md.
 """
 
 from __future__ import annotations

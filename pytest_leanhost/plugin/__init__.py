@@ -3,7 +3,8 @@
 This module holds the entry hooks only: options, then configure (settings
 validated, one :class:`~pytest_leanhost.plugin.session.LeanhostSession` per
 pytest process, and, only when pytest-xdist is loaded, its worker or controller
-side from :mod:`pytest_leanhost.plugin.xdist`). The session object's hooks do
+side from :mod:`pytest_leanhost.plugin.xdist`; only when pytest-html writes a
+report, :mod:`pytest_leanhost.plugin.html`). The session object's hooks do
 the rest, in the order pytest calls them.
 """
 
@@ -67,3 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_leanhost.plugin.pertest import PerTestCheck
 
         config.pluginmanager.register(PerTestCheck(session.leak_check), "leanhost-pertest")
+    if hasattr(config.hook, "pytest_html_results_summary") and config.getoption("htmlpath", None):
+        # Rule: without pytest-html writing a report, nothing of it (or of ours for it) loads.
+        # Its hooks exist once its plugin is registered, by whichever name it was loaded.
+        from pytest_leanhost.plugin.html import LeanhostHtml
+
+        config.pluginmanager.register(LeanhostHtml(), "leanhost-html")

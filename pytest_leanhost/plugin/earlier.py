@@ -1,14 +1,8 @@
 """The session ledger in the plugin: what a run killed outright left, found by the next run.
 
-The controller (never an xdist worker) scans the ledger at session start
-(:func:`~pytest_leanhost.core.sessions.scan_earlier_sessions`, when it holds
-another session's entry), then writes its own entry, and removes it at a
-normal or interrupted end. What earlier runs left is reported (``leanhost:
-left by an earlier run``, and ``earlier_sessions`` in the JSON report); ini
-``leanhost_earlier_sessions`` says whether it also fails the run (``fail``) or
-is stopped (``terminate``: exact PIDs, create time and session marker checked
-right before the signal). A sessions directory that cannot be used is one
-line in the summary, never an error of the run.
+The controller scans the ledger at session start, writes its own entry, and removes it
+at a normal or interrupted end; ini ``leanhost_earlier_sessions`` says whether what it
+found is reported, fails the run or is stopped. See docs/guides/earlier-runs.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """The test phases in the process start clock, so a leaked process's start names its phase.
 
-The clock notes, in ``CLOCK_BOOTTIME`` seconds on Linux (the clock of a
-process's start tick), when each test began (``logstart``, before any fixture)
-and when it finished (``logfinish``, after the last teardown): one clock read
-and one list append each, the only work it does per test. The phases inside a
-span come from pytest's own reports, read only when a leak needs them: each
-report's ``duration`` (pytest's monotonic clock, which runs at the boot clock's
-rate) lays setup from the span's start and teardown back from its end; the call
-is what lies between. That is what ``--durations`` reads too, from the terminal
-reporter's ``stats``. Without a terminal reporter (``-p no:terminal``) nothing
-keeps the reports, so two plain hooks time the call and the teardown instead.
-A process whose start tick falls in no test phase started in a session-scoped
-fixture, collection or another hook (``session``).
+Each test's span costs one clock read at each end; the phases inside it come from
+pytest's own reported durations, read only when a leak needs them. See
+docs/how-it-works/attribution.md ("The phase").
 """
 
 from __future__ import annotations
