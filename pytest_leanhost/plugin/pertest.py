@@ -101,8 +101,10 @@ class PerTestCheck:
             after = counter.read()
             counter.close()
             if before is not None and after is not None:
-                started = _marked(pids_between(before, after), check.state.session_id, None)
-                check.defer(_create_times(started), why)
+                # Rule: every PID handed out while the fixture was set up is deferred, its
+                # create time pinned. Its environment is not read: right after an exec the
+                # kernel may not show it yet, and deferring a stranger only delays its verdict.
+                check.defer(_create_times(set(pids_between(before, after))), why)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -207,10 +209,10 @@ def _holds_something(registry: str) -> bool:
         return os.path.lexists(registry)
 
 
-def _marked(pids: list[int], session_id: str, nodeid: str | None) -> set[int]:
-    """Those of ``pids`` whose starting environment carries the session id (and ``nodeid``)."""
+def _marked(pids: list[int], session_id: str, nodeid: str) -> set[int]:
+    """Those of ``pids`` whose starting environment carries the session id and ``nodeid``."""
     session = f"\0{SESSION_ENV}={session_id}\0".encode()
-    test = f"\0{NODEID_ENV}={nodeid}\0".encode() if nodeid is not None else b""
+    test = f"\0{NODEID_ENV}={nodeid}\0".encode()
     own = os.getpid()
     found: set[int] = set()
     for pid in pids:
