@@ -155,13 +155,13 @@ def is_subreaper() -> bool:
     return flag.value != 0
 
 
-def _read_stat(pid: int) -> tuple[int, int, bool] | None:
-    """``(ppid, start tick, zombie)`` from ``/proc/PID/stat``; ``None`` when it is gone."""
+def _read_stat(pid: int) -> tuple[int, int, bool, bool] | None:
+    """``(ppid, start tick, zombie, single-threaded)`` from ``/proc/PID/stat``; ``None``: gone."""
     fields = stat_fields(pid)
     if fields is None:
         return None
     try:
-        return int(fields[1]), int(fields[19]), fields[0] in (b"Z", b"X")
+        return int(fields[1]), int(fields[19]), fields[0] in (b"Z", b"X"), fields[17] == b"1"
     except (IndexError, ValueError):
         return None
 
@@ -179,14 +179,15 @@ def start_tick(pid: int) -> int | None:
         return None
 
 
-def direct_children(pid: int) -> list[int]:
+def direct_children(pid: int, single_threaded: bool = False) -> list[int]:
     """The direct children of ``pid`` now (zombies included), by PID.
 
     Linux: ``/proc/PID/task/TID/children`` of every task, since a child belongs
-    to the thread that forked it. Elsewhere psutil.
+    to the thread that forked it (only the main task's when ``single_threaded``).
+    Elsewhere psutil.
     """
     if _LINUX:
-        return read_children(pid) or []
+        return read_children(pid, single_threaded) or []
     import psutil
 
     try:
@@ -396,7 +397,8 @@ class Lineage:
                     exited.append((pid, tick))
                 continue  # a zombie has no children: they were reparented when it died
             live = True
-            queue.extend((seen, child) for child in direct_children(pid))
+            single = stat is not None and stat[3]
+            queue.extend((seen, child) for child in direct_children(pid, single))
         self._last_tick = now
         self._live_below = live
         if exited and self._waiters is not None:

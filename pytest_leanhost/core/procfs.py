@@ -95,11 +95,17 @@ def boot_time() -> float:
 
 def stat_fields(pid: int | str) -> list[bytes] | None:
     """The fields of ``/proc/PID/stat`` after the command name; None when it cannot be read."""
+    # os.open and one os.read: no buffered file object on a path every walk takes per process.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return None  # gone (or never there): the caller treats it as no process
+    try:
+        data = os.read(fd, 4096)  # a stat line is well under a page, read at once
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return data[data.rfind(b")") + 2 :].split()
 
 
@@ -209,12 +215,25 @@ class TaskChildren:
         self._files.clear()
 
 
-def read_children(pid: int) -> list[int] | None:
+def read_children(pid: int, single_threaded: bool = False) -> list[int] | None:
     """The direct children of ``pid`` now (zombies included), sorted, read once (Linux).
 
     ``None`` when the process cannot be read. See :class:`TaskChildren` for the
-    files read; this opens them for one reading only.
+    files read; this opens them for one reading only. ``single_threaded``: the
+    caller just read that the process has one thread, so only its main task's
+    file is read (a thread started since, and what it forks, shows at the next read).
     """
+    if single_threaded:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return sorted(int(word) for word in _pread_all(fd).split())
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
     reader = TaskChildren(pid)
     try:
         return reader.read()
