@@ -250,3 +250,42 @@ def test_a_finding_that_two_tests_may_own_names_both_and_survives_the_worker_hop
     single = Finding(kind="leaked_process", nodeid="t.py::a")
     assert single.to_json()["nodeids"] == ["t.py::a"]
     assert Finding.from_json(single.to_json()) == single
+
+
+def test_a_long_command_line_is_wrapped_not_cut_before_the_port_that_tells_servers_apart() -> None:
+    server = (
+        "/opt/very/long/path/to/a/virtual/environment/of/the/project/bin/python",
+        "-m",
+        "my_mcp_server.http",
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "debug",
+        "--config",
+        "/home/someone/projects/server/configs/integration-tests/server.toml",
+        "--port",
+        "8766",
+    )
+    launcher = ("sh", "-c", "exec " + " ".join(server) + " --daemon")
+    detail = ProcessDetail(
+        cmdline=server,
+        cwd="/tmp",
+        started_unix=0.0,
+        age_seconds=2.0,
+        phase="call",
+        started_in=None,
+        ancestry=(AncestorDetail(41, launcher, False), AncestorDetail(1, ("pytest",) * 80, True)),
+    )
+    finding = Finding(kind="leaked_process", nodeid="t.py::test_a", pid=42, process=detail)
+    lines = finding_details(finding)
+    text = "\n".join(lines)
+    # Every argument is there, in order, wrapped; the age and phase close the command.
+    assert " ".join(text.replace("\n", " ").split()).startswith("42 " + " ".join(server))
+    assert all(len(line) <= 100 + len("  (age 2.0s, started in call)") for line in lines)
+    assert "--port 8766  (age 2.0s, started in call)" in text
+    assert not any(line.rstrip().endswith("...") for line in lines[:3])
+    # The launcher, the nearest ancestor, is shown in full too; the ones above it cut.
+    ancestry = text[text.index("ancestry: 41 ") :]
+    assert "--port 8766 --daemon' (dead)" in " ".join(ancestry.split())
+    assert ancestry.splitlines()[-2].strip().startswith("<- 1 pytest pytest")
+    assert ancestry.splitlines()[-2].rstrip().endswith("...")

@@ -61,6 +61,9 @@ class SessionCheck(NamedTuple):
     origins: Mapping[int, ProcessOrigin] = MappingProxyType({})
     #: How many of the run's processes were alive to be looked at (marked or by lineage).
     processes_looked_at: int = 0
+    #: The marked processes a fork server of pytest's interpreter started: their
+    #: environment is the fork server's, so it names neither their test nor their phase.
+    helper_children: frozenset[int] = frozenset()
 
     @property
     def findings(self) -> list[Finding]:
@@ -146,9 +149,8 @@ def check_session(
         if wait_gone(procs, grace) != procs:
             # Something exited in the grace: judge again what is left now.
             snapshot = _snapshot(registries, session_id, excluded, only_worker, lineage, watched)
-    classified = _classify(
-        registries, snapshot, worker, _helper_children(snapshot, helpers, lineage)
-    )
+    helper_children = _helper_children(snapshot, helpers, lineage)
+    classified = _classify(registries, snapshot, worker, helper_children)
     classified += _classify_watched(snapshot, lineage, worker)
     classified += _classify_descendants(classified, snapshot, lineage, worker)
     return SessionCheck(
@@ -160,6 +162,7 @@ def check_session(
         seconds=time.perf_counter() - started,
         origins=_origins(classified, snapshot, lineage),
         processes_looked_at=len(snapshot.marked.keys() | snapshot.descendants.keys()),
+        helper_children=frozenset(helper_children),
     )
 
 

@@ -16,7 +16,7 @@ from an xdist worker to the controller as JSON.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_leanhost.core.detail import (
@@ -89,12 +89,15 @@ def explain_findings(
     spans: Sequence[PhaseSpan],
     origin: Callable[[int], ProcessOrigin | None] | None = None,
     table: ProcessTable | None = None,
+    inherited_environment: Collection[int] = (),
 ) -> list[Pair]:
     """Each finding about a live process with its :class:`ProcessDetail`, beside its target.
 
     ``root_pid`` is the pytest process (ancestry ends there); ``spans`` the
     timed test phases; ``origin`` what lineage knows of a PID, if the caller has
-    lineage. A finding whose process is gone (or whose PID now names a younger
+    lineage; ``inherited_environment`` the PIDs whose starting environment says
+    nothing of when they started (a fork server's children carry the one it was
+    started with). A finding whose process is gone (or whose PID now names a younger
     process) keeps ``process=None``.
     """
     if not any(f.pid is not None and f.kind != "stale_record" for f, _ in pairs):
@@ -107,7 +110,8 @@ def explain_findings(
     for finding, target in pairs:
         detail = None
         if finding.pid is not None and finding.kind != "stale_record":
-            detail = _detail(finding, target, snapshot, root_pid, ordered, origin)
+            trust = finding.pid not in inherited_environment
+            detail = _detail(finding, target, snapshot, root_pid, ordered, origin, trust)
         explained.append((finding if detail is None else finding._replace(process=detail), target))
     return explained
 
@@ -119,6 +123,7 @@ def _detail(
     root_pid: int,
     spans: Sequence[PhaseSpan],
     origin: Callable[[int], ProcessOrigin | None] | None,
+    environment_says_when: bool = True,
 ) -> ProcessDetail | None:
     from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
     from pytest_leanhost.core.lineage import clock_ticks_per_second, start_tick
@@ -141,7 +146,7 @@ def _detail(
         clock_ticks_per_second(),
         spans,
         prefer=finding.nodeid,
-        named=pytest_phase_at_start(pid),
+        named=pytest_phase_at_start(pid) if environment_says_when else None,
     )
     seen = origin(pid) if origin is not None else None
     current_parent = info.ppid if info is not None else None

@@ -54,23 +54,29 @@ def finding_details(finding: Finding, indent: str = "  ") -> list[str]:
         started = f"started in {process.phase}"
         if process.started_in is not None and process.started_in != finding.nodeid:
             started += f" of {process.started_in}"
-        lines.append(
-            f"{indent}{finding.pid} {_command(process.cmdline)}"
-            f"  (age {_age(process.age_seconds)}, {started})"
+        lines.extend(
+            _wrapped(
+                f"{indent}{finding.pid} ",
+                process.cmdline,
+                f"  (age {_age(process.age_seconds)}, {started})",
+            )
         )
         depth = {finding.pid: 0}
         for child in process.descendants:
             level = depth.get(child.ppid, 0) + 1
             depth[child.pid] = level
-            lines.append(f"{indent}{'   ' * (level - 1)}└─ {child.pid} {_command(child.cmdline)}")
+            prefix = f"{indent}{'   ' * (level - 1)}└─ {child.pid} "
+            lines.extend(_wrapped(prefix, child.cmdline))
         if process.escaped:
             lines.append(f"{indent}escaped={','.join(process.escaped)}")
-        if process.ancestry:
-            chain = " <- ".join(
-                f"{a.pid} {_command(a.cmdline, 60)}{'' if a.alive else ' (dead)'}"
-                for a in process.ancestry
-            )
-            lines.append(f"{indent}ancestry: {chain}")
+        for index, ancestor in enumerate(process.ancestry):
+            # The launcher (the nearest ancestor) in full; the ones above it, on a line each.
+            label = f"{indent}ancestry: " if index == 0 else f"{indent}       <- "
+            dead = "" if ancestor.alive else " (dead)"
+            if index == 0:
+                lines.extend(_wrapped(f"{label}{ancestor.pid} ", ancestor.cmdline, dead))
+            else:
+                lines.append(f"{label}{ancestor.pid} {_command(ancestor.cmdline, 80)}{dead}")
         if process.cwd is not None:
             lines.append(f"{indent}cwd={process.cwd}")
     if finding.record is not None:
@@ -123,11 +129,77 @@ def _emit_tree(
 
 
 def _command(cmdline: Sequence[str], width: int = 120) -> str:
-    import shlex
+    """A command line on one line, cut to ``width`` (for ancestors above the launcher)."""
 
     # One line per process: a newline inside an argument (a ``-c`` script) is shown escaped.
-    text = shlex.join(cmdline).replace("\n", "\\n") if cmdline else "-"
+    text = " ".join(map(_quote, cmdline)).replace("\n", "\\n") if cmdline else "-"
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+#: Where a leak's command line wraps, and how much of it is shown at most.
+_WRAP_AT = 100
+_SHOW_AT_MOST = 2000
+
+
+def _quote(word: str) -> str:
+    """A word as a shell would take it back: bare, in double quotes when that is plainer, or
+    as ``shlex.quote`` writes it (a Python ``-c`` script full of ``'`` reads as written)."""
+    import shlex
+
+    quoted = shlex.quote(word)
+    if quoted != word and "'" in word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return quoted
+
+
+def _wrapped(prefix: str, cmdline: Sequence[str], suffix: str = "") -> list[str]:
+    """A command line in full, wrapped between words under ``prefix``, ``suffix`` at its end.
+
+    Rule: never cut before the arguments that tell one server from another
+    (``--port 8766``); only a command line longer than ``_SHOW_AT_MOST``
+    characters is cut, and the cut says how much was left out.
+    """
+
+    words = [_quote(word).replace("\n", "\\n") for word in cmdline] or ["-"]
+    text_length = sum(len(word) + 1 for word in words)
+    left_out = ""
+    if text_length > _SHOW_AT_MOST:
+        kept: list[str] = []
+        total = 0
+        for word in words:
+            if total + len(word) + 1 > _SHOW_AT_MOST:
+                break
+            kept.append(word)
+            total += len(word) + 1
+        left_out = f" ...({text_length - total} more characters)"
+        words = kept or [words[0][:_SHOW_AT_MOST]]
+    room = max(40, _WRAP_AT - len(prefix))
+    lines: list[str] = []
+    current = ""
+    for whole in words:
+        word = whole
+        while len(word) > room:  # one word longer than a line: split it
+            if current:
+                lines.append(current)
+                current = ""
+            cut = word.rfind(" ", 0, room) + 1  # inside a quoted script: at a space if near
+            cut = cut if cut > room // 2 else room
+            lines.append(word[:cut].rstrip())
+            word = word[cut:]
+        if current and len(current) + 1 + len(word) > room:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current + left_out)
+    continuation = " " * len(prefix)
+    out = [prefix + lines[0], *(continuation + line for line in lines[1:])]
+    if suffix:
+        if len(out[-1]) + len(suffix) <= _WRAP_AT + len(suffix) // 2:
+            out[-1] += suffix
+        else:
+            out.append(continuation + suffix.strip())
+    return out
 
 
 def _age(seconds: float) -> str:

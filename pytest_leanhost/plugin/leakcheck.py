@@ -192,6 +192,7 @@ class LeakCheck:
                 root_pid=os.getpid(),
                 spans=self.phases.spans(reported_durations(self.config)),
                 origin=checked.origins.get,
+                inherited_environment=checked.helper_children,
             )
         pairs = _spare_daemons(pairs)
         if self.settings.keep_leaks:
