@@ -1,16 +1,8 @@
 """What a leaked process is, in a finding: the facts a person needs to act on it.
 
-:func:`explain_findings` takes the findings of a check and gives each finding
-about a live process a :class:`ProcessDetail`: its command line, working
-directory and age, the test phase it started in (by its start tick against the
-phases the plugin timed), its known ancestors up to the pytest process, its
-descendants (so a server and its workers read as one leak), and the ways it
-escaped (:func:`pytest_leanhost.core.describe.escape_words`). Record-only
-findings (a stale or corrupt record) keep ``process=None``. Nothing here
-signals a process; a PID whose create time no longer matches is not described.
-
-The data classes are plain (no psutil), so a finding with its detail travels
-from an xdist worker to the controller as JSON.
+:func:`explain_findings` gives each finding about a live process its command line, age,
+phase, ancestry, descendants and escape words; it signals nothing. See
+docs/how-it-works/attribution.md and docs/reference/leak-kinds.md.
 """
 
 from __future__ import annotations

@@ -1,68 +1,8 @@
-"""Lineage: every process the run starts stays in its tree, and each is tied to its test.
+"""Lineage: every process the run starts stays in pytest's tree, and each is tied to its test.
 
-Markers (``LEANHOST_SESSION``, ``LEANHOST_NODEID``) are lost whenever a launcher
-builds its own environment (the MCP SDKs' stdio clients, ``Popen(env=...)``,
-``env -i``). Lineage keeps what they lose. On Linux the pytest process becomes
-a child subreaper (:func:`become_subreaper`), so an orphan anywhere below it is
-adopted by it instead of by PID 1: however a process detaches (exited parent,
-``setsid``, double fork), it stays a descendant of the run.
-
-Identity. A process is ``(pid, start tick)``: its start in clock ticks since
-boot (``/proc/PID/stat`` field 22). The "now" of that clock is
-:func:`boottime_ticks` (``CLOCK_BOOTTIME`` counts the same way), so a process
-that started before a reading has a start tick no greater than it. Elsewhere
-both are wall-clock ticks (psutil's create time), which is coarser but
-consistent.
-
-Attribution rule (:class:`Lineage`). At every test boundary (``begin`` at the
-start of setup, ``end`` at the end of teardown; a ``begin`` right after an
-``end`` is no boundary of its own, since nothing of a test runs in between) the
-recorder walks the tree under pytest: pytest's direct children (one read per
-task of pytest), then the children of each live descendant. The walk is skipped
-when the kernel's PID counter (:class:`~pytest_leanhost.core.procfs.LastPid`)
-has not moved since the last walk began: no process was created since, so
-there is nothing new to see.
-That one read is all a test that starts nothing pays. Each process seen for the
-first time is remembered with
-its first-seen parent and its owner(s), decided in walk order (parents first):
-
-1. its parent is a process the recorder knows and that has an owner: it gets
-   that process's owners (its nearest attributed ancestor: a session server's worker belongs
-   to the test that started the server);
-2. its parent is pytest and it started at or after the previous boundary's
-   tick: pytest itself forked it, or it was adopted after starting in this
-   interval; it belongs to the test running in the interval. Every process
-   alive at the previous boundary was seen then, so "started after" is exact
-   up to processes born during the walk itself;
-3. otherwise (its parent is pytest and it started before the previous
-   boundary, yet was not seen then: born during that walk, or adopted from a
-   part of the tree the walk missed), it belongs to every test whose span
-   holds its start tick, else to the running test.
-
-:meth:`Lineage.attribute` answers for any PID at session end: a known process
-has its recorded owners; an unknown one the owners of its nearest known
-ancestor in the current table (its first-seen parents stand in for the
-current parent, which is pytest after adoption); and when no ancestor is known,
-the tests whose span holds the start tick of its earliest ancestor below
-pytest. Spans include their boundary ticks, so a tick shared by the end of one
-test and the start of the next names both, never one at random. A process
-outside every span, and one that is not the run's, gets no test.
-
-Known limit: a process born in a test's interval below a process left over by
-an earlier test (a leaked daemon), whose own parent then died in the same
-interval, is adopted as a new direct child and goes to the running test by
-rule 2: the walk never saw its parent.
-
-Reaping rule (:meth:`Lineage.reap_terminated`). An exit status belongs to
-whoever waits for it: a ``Popen``, asyncio or multiprocessing may still wait
-for any PID that pytest forked, and no code can tell those apart from an
-adopted orphan by looking at pytest's children. So the plugin never calls
-``waitpid(-1)`` and reaps one exact PID only when all hold: (a) the plugin
-itself terminated that process (the caller passes what it signalled), (b) it
-is now a zombie child of this process with the same start tick, and (c) the
-recorder first saw it with a parent other than pytest: it was adopted, so no
-Python object in pytest forked it and none can wait for it. A zombie that
-fails (c) is left alone; a zombie is no leak.
+pytest becomes a child subreaper, and at every test boundary the recorder walks the tree
+below it, giving each new process its owners and reaping exited orphans nobody waits for.
+The rules: docs/how-it-works/lineage.md and docs/how-it-works/attribution.md.
 """
 
 from __future__ import annotations

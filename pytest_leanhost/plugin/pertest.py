@@ -1,31 +1,9 @@
 """``--leanhost-check=test``: each test's leaks as an error at its own teardown.
 
-Right after a test's teardown, its own registry and the processes it started
-get the grace to go away; what is left turns the teardown report into a failed
-one, so ``--lf``, ``-x``, ``--maxfail`` and JUnit see it under that test. The
-check is the session's own pipeline (:class:`~pytest_leanhost.plugin.leakcheck.LeakCheck`),
-run for one test; what it found goes into the one ledger, so the session end
-reports it again in every output, marked ``found_at: teardown``, and never twice.
-
-Every test is judged at its own teardown. Only what a class, module, package
-or session fixture started while it was set up waits for that fixture's scope
-to end (one line says so).
-
-The processes it started, and what a test that starts nothing pays:
-
-- with lineage (Linux, pytest a child subreaper), every process the test
-  started is below pytest however it was launched (``Popen(env=...)``, ``env
-  -i``, the MCP SDKs' stdio clients, a ``setsid`` double fork): they are those
-  the lineage recorder gave to the test. Its walk runs only when the kernel's
-  PID counter moved since the last one, so a
-  test that starts nothing costs one read of it and one look at its registry;
-- without lineage, those whose starting environment carries the session id
-  and ``LEANHOST_NODEID`` of the test. Only the PIDs handed out since the
-  test's start (the same counter, read before setup) are read; where there is
-  no counter, the whole table is, after every test.
-
-Only when one of them is the test's, or the registry holds something, are the
-process table and psutil touched.
+The session's own pipeline (:class:`~pytest_leanhost.plugin.leakcheck.LeakCheck`), run for
+one test: only what a wider fixture started while set up waits for its scope. A test that
+starts nothing pays one PID-counter read and one look at its registry. See
+docs/guides/per-test.md.
 """
 
 from __future__ import annotations
