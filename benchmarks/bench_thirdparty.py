@@ -53,8 +53,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_leanhost.core.markers import CHILD_ENV_NAMES
-from pytest_leanhost.core.sessions import SESSIONS_ENV
+from pytest_leanhost.core.child_env import CHILD_ENV_NAMES
+from pytest_leanhost.core.earlier_sessions import SESSIONS_ENV
 
 Variant = Literal["with", "without"]
 VARIANTS: tuple[Variant, ...] = ("with", "without")

@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "RegistryError": "pytest_leanhost.record",
     "register_server_process": "pytest_leanhost.record",
     "registry_dir": "pytest_leanhost.record",
-    "child_env": "pytest_leanhost.core.markers",
+    "child_env": "pytest_leanhost.core.child_env",
     "inspect_registry": "pytest_leanhost.core.doctor",
     "cleanup_stale_records": "pytest_leanhost.core.doctor",
     "render_text": "pytest_leanhost.core.doctor",

@@ -33,7 +33,7 @@ for _name, _sub in [
     ("HOME", "home"),
     ("XDG_CACHE_HOME", "cache"),
     ("LEAN_HOST_MCP_PROCESS_REGISTRY_DIR", "registry"),
-    # The session ledger (pytest_leanhost.core.sessions) of this run and its inner runs.
+    # The session ledger (pytest_leanhost.core.earlier_sessions) of this run and its inner runs.
     ("LEANHOST_SESSIONS_DIR", "sessions"),
 ]:
     os.environ[_name] = os.path.join(_SANDBOX, _sub)

@@ -20,10 +20,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_leanhost.core.describe import describe_process
-from pytest_leanhost.core.ledger import ledger_bytes
+from pytest_leanhost.core.earlier_sessions import (
+    Leftover,
+    find_earlier_sessions,
+    terminate_leftovers,
+)
+from pytest_leanhost.core.live_process import describe_process
 from pytest_leanhost.core.processes import PinnedProcess
-from pytest_leanhost.core.sessions import Leftover, find_earlier_sessions, terminate_leftovers
+from pytest_leanhost.core.session_ledger import ledger_bytes
 from tests.children import Children
 from tests.proc import linux_only, proc_state
 

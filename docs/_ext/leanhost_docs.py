@@ -4,7 +4,7 @@ A page asks for a part with a line of its own, ``<!-- leanhost:NAME [ARG] -->``;
 this Sphinx extension replaces that line with Markdown before MyST parses the
 page. So the options and ini values come from ``plugin/settings.py``'s
 ``add_options``, the fixtures from their docstrings, the leak kinds from
-``core/kinds.py``, the escape words from ``core/describe.py``, the command
+``core/kinds.py``, the escape words from ``core/escapes.py``, the command
 reference from the ``leanhost`` command's own ``--help`` and the report's fields
 from its JSON Schema: none of them can drift from the code. An unknown part, or
 an argument that names nothing, fails the build.

@@ -1,4 +1,4 @@
-"""The session-end verdicts: what a test run left behind, and cleaning up what is provably ours.
+"""One check's verdicts: what a test run left behind, and cleaning up what is provably ours.
 
 Data flows one way: the session's registries are read and judged (probe),
 the processes carrying the session id are found (ownership), and each leftover
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pytest_leanhost.core.probe import JudgedRecord
     from pytest_leanhost.core.processes import PinnedProcess
     from pytest_leanhost.core.registry import RegistryEntry
-    from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
+    from pytest_leanhost.core.registry_snapshots import WatchedRegistries, WatchSnapshot
 
 __all__ = [
     "LineageView",
@@ -249,7 +249,7 @@ def _watched_records(
     from pytest_leanhost.core.lineage import tick_to_unix
     from pytest_leanhost.core.probe import judge_entries, registry_trust
     from pytest_leanhost.core.procfs import boot_time
-    from pytest_leanhost.core.watch import SessionFacts
+    from pytest_leanhost.core.registry_snapshots import SessionFacts
 
     starts = {(pid, proc.create_time) for pid, proc in marked.items()}
     starts |= {(pid, created) for pid, (created, _tick) in descendants.items()}

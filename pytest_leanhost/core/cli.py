@@ -23,8 +23,7 @@ from pytest_leanhost.core.doctor import (
     render_json,
     render_text,
 )
-from pytest_leanhost.core.registry import RegistryUnreadableError
-from pytest_leanhost.core.sessions import (
+from pytest_leanhost.core.earlier_sessions import (
     EarlierSessions,
     LeftoverStop,
     SessionsDirError,
@@ -33,6 +32,7 @@ from pytest_leanhost.core.sessions import (
     sessions_dir,
     terminate_leftovers,
 )
+from pytest_leanhost.core.registry import RegistryUnreadableError
 from pytest_leanhost.record import RegistryError, registry_dir
 
 __all__ = ["build_parser", "main"]

@@ -2,7 +2,7 @@
 
 Standard library only: the escape words are part of a finding's JSON form (the
 report's ``escaped`` list, validated when a detail is read back), and that form
-travels without psutil. :func:`pytest_leanhost.core.describe.escape_words`
+travels without psutil. :func:`pytest_leanhost.core.live_process.escape_words`
 claims each word from the live process; the ``reparented`` decision is
 :func:`reparented`, here, for every caller.
 """

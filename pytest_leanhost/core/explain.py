@@ -117,8 +117,8 @@ def _detail(
     origin: Callable[[int], ProcessOrigin | None] | None,
     environment_says_when: bool = True,
 ) -> ProcessDetail | None:
-    from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
     from pytest_leanhost.core.lineage import clock_ticks_per_second, start_tick
+    from pytest_leanhost.core.live_process import ancestry, describe_process, escape_words
     from pytest_leanhost.core.ownership import pytest_phase_at_start
 
     assert finding.pid is not None

@@ -79,7 +79,7 @@ def leanhost_env(request: pytest.FixtureRequest) -> dict[str, str]:
     MCP SDKs' stdio ``env`` (``StdioServerParameters(command=..., env=leanhost_env)``),
     so the server registers in the test's own registry and carries its markers.
     """
-    from pytest_leanhost.core.markers import child_env
+    from pytest_leanhost.core.child_env import child_env
 
     env = child_env()
     state = request.config.stash.get(STATE_KEY, None)

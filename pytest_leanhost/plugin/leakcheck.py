@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pytest_leanhost.core.finding import Finding, Pair
     from pytest_leanhost.core.kinds import FoundAt
     from pytest_leanhost.core.lineage import Lineage
-    from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
+    from pytest_leanhost.core.registry_snapshots import WatchedRegistries, WatchSnapshot
     from pytest_leanhost.plugin.state import SessionState
 
 __all__ = ["CheckResult", "LeakCheck", "allowed_by_marker", "finding_key"]

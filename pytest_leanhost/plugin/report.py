@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_leanhost.core.finding import Finding
-    from pytest_leanhost.plugin.earlier import EarlierLeftover
+    from pytest_leanhost.plugin.earlier_sessions import EarlierLeftover
     from pytest_leanhost.plugin.outcome import RunVerdict
 
 __all__ = [

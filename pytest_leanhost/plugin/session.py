@@ -34,8 +34,8 @@ from pytest_leanhost.record import REGISTRY_ENV, RegistryError, registry_dir
 if TYPE_CHECKING:  # the check's modules (psutil among them) load at session end, not before
     from pytest_leanhost.core.finding import Finding
     from pytest_leanhost.core.lineage import Lineage, Span
-    from pytest_leanhost.core.watch import WatchedRegistries, WatchSnapshot
-    from pytest_leanhost.plugin.earlier import EarlierRuns
+    from pytest_leanhost.core.registry_snapshots import WatchedRegistries, WatchSnapshot
+    from pytest_leanhost.plugin.earlier_sessions import EarlierRuns
     from pytest_leanhost.plugin.outcome import RunVerdict, WorkerReport
     from pytest_leanhost.plugin.xdist import XdistController, XdistWorker
 
@@ -105,7 +105,7 @@ class LeanhostSession:
             self._install_sigterm_handler()
             if self.controller is not None:
                 self.controller.hand_out(session_id, root)
-            from pytest_leanhost.plugin.earlier import EarlierRuns
+            from pytest_leanhost.plugin.earlier_sessions import EarlierRuns
 
             self.earlier = EarlierRuns(
                 self.settings.earlier_sessions,  # type: ignore[arg-type]
@@ -157,7 +157,7 @@ class LeanhostSession:
 
     def _start_watch(self) -> None:
         """Snapshot the registries a server could reach without the variable."""
-        from pytest_leanhost.core.watch import WatchedRegistries, default_registries
+        from pytest_leanhost.core.registry_snapshots import WatchedRegistries, default_registries
 
         environ = dict(os.environ)
         if self._user_registry_env is not None:
@@ -572,7 +572,7 @@ def _worker_spans(root: Path, reported: set[str]) -> list[Span]:
 
 def _watched_registries() -> list[str]:
     """The default registries a server that lost the registry variable writes into."""
-    from pytest_leanhost.core.watch import default_registries
+    from pytest_leanhost.core.registry_snapshots import default_registries
 
     return [str(path) for path in default_registries()]
 

@@ -18,7 +18,7 @@ from pytest_leanhost.client.rules import parse_rules as parse
 
 #: The readiness modes (``pytest_leanhost.client.spawn.READY_MODES``, kept light here).
 READY_MODES = ("record", "initialize", "port", "auto")
-#: What to do about processes an earlier, killed run left (``plugin.earlier.EARLIER_MODES``).
+#: What to do about what an earlier, killed run left (``plugin.earlier_sessions``).
 EARLIER_MODES = ("report", "fail", "terminate")
 #: When leaks are judged: once at session end, or each test right after its teardown too.
 CheckMode = Literal["session", "test"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_leanhost.core.describe import ancestry, describe_process, escape_words
 from pytest_leanhost.core.escapes import reparented
+from pytest_leanhost.core.live_process import ancestry, describe_process, escape_words
 from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.record import ProcessRecord
 from tests.children import Children, poll

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_leanhost.core.watch import (
+from pytest_leanhost.core.registry_snapshots import (
     SessionFacts,
     WatchedRegistries,
     default_registries,

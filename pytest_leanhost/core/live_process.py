@@ -1,4 +1,4 @@
-"""What a leaked process is: its facts, its ancestry, and how it escaped the test run.
+"""A live process read now, pinned by its create time: its facts, ancestry and escape words.
 
 A leak report that a person can act on says, for every process it names, what
 the process runs (command line, working directory), how old it is, which of

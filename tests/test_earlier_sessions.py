@@ -14,8 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_leanhost.core.ownership import new_session_id
-from pytest_leanhost.core.sessions import (
+from pytest_leanhost.core.earlier_sessions import (
     SESSIONS_ENV,
     Leftover,
     find_earlier_sessions,
@@ -24,6 +23,7 @@ from pytest_leanhost.core.sessions import (
     terminate_leftovers,
     write_ledger,
 )
+from pytest_leanhost.core.ownership import new_session_id
 from tests.children import Children, poll
 from tests.proc import linux_only, proc_start_ticks, proc_state
 from tests.report_schema import validate_report

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
-    from pytest_leanhost.core.sessions import Leftover
+    from pytest_leanhost.core.earlier_sessions import Leftover
 
 __all__ = ["EARLIER_MODES", "EarlierLeftover", "EarlierMode", "EarlierRuns"]
 
@@ -60,7 +60,7 @@ class EarlierRuns:
         Rule: only a directory holding another session's entry is scanned (the
         entries read, the process table looked at); an empty one costs one listing.
         """
-        from pytest_leanhost.core.ledger import SessionsDirError, ledger_names, sessions_dir
+        from pytest_leanhost.core.session_ledger import SessionsDirError, ledger_names, sessions_dir
 
         try:
             directory = sessions_dir()
@@ -72,7 +72,7 @@ class EarlierRuns:
         self._write(session_id, directory)
 
     def _scan(self, session_id: str, directory: Path) -> None:
-        from pytest_leanhost.core.sessions import scan_earlier_sessions, terminate_leftovers
+        from pytest_leanhost.core.earlier_sessions import scan_earlier_sessions, terminate_leftovers
 
         scan = scan_earlier_sessions(session_id, directory=directory)
         self.problems.extend(
@@ -86,7 +86,7 @@ class EarlierRuns:
         self.leftovers = [_leftover(item, actions.get(item.pid, "none")) for item in scan.leftovers]
 
     def _write(self, session_id: str, directory: Path) -> None:
-        from pytest_leanhost.core.ledger import write_ledger
+        from pytest_leanhost.core.session_ledger import write_ledger
 
         try:
             write_ledger(session_id, directory=directory)
@@ -99,7 +99,7 @@ class EarlierRuns:
         """Remove our ledger entry (a normal or interrupted end); idempotent."""
         if self._session_id is None:
             return
-        from pytest_leanhost.core.ledger import remove_ledger
+        from pytest_leanhost.core.session_ledger import remove_ledger
 
         try:
             remove_ledger(self._session_id, directory=self._directory)

@@ -2,7 +2,7 @@
 
 Every run's session start and end come through here, so it defines no classes
 and loads nothing but the standard library: reading and judging the entries
-(:mod:`pytest_leanhost.core.sessions`) loads only when the directory holds
+(:mod:`pytest_leanhost.core.earlier_sessions`) loads only when the directory holds
 another session's entry. The file format is :func:`ledger_bytes`; the reader
 is ``sessions.LedgerEntry.from_json_bytes``.
 """

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import pytest_leanhost
-from pytest_leanhost.core.markers import child_env
+from pytest_leanhost.core.child_env import child_env
 
 
 def test_child_env_holds_only_the_set_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_leanhost.core.identity import same_create_time
-from pytest_leanhost.core.ledger import (
+from pytest_leanhost.core.ownership import SESSION_ENV, has_entry, read_environ
+from pytest_leanhost.core.probe import ProcessTable
+from pytest_leanhost.core.session_ledger import (
     LEDGER_SCHEMA_VERSION,
     SESSIONS_ENV,
     SessionsDirError,
@@ -28,8 +30,6 @@ from pytest_leanhost.core.ledger import (
     sessions_dir,
     write_ledger,
 )
-from pytest_leanhost.core.ownership import SESSION_ENV, has_entry, read_environ
-from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.stopping import LadderRung, stop_ladder
 
 # psutil loads only to describe or stop a leftover: writing the ledger and a scan that
