@@ -89,7 +89,8 @@ def test_the_html_report_of_examples_leaky_names_each_leak_with_its_test_kind_pi
     written = {entry.pid for entry in inner.written_down()}
     rows = {(row[0], row[1]): row for row in report.rows if row}
     for kind, test in shown:
-        _test, _kind, pid, _action, command = rows[(test, kind)]
+        _test, _kind, pid, _action, found_at, command = rows[(test, kind)]
+        assert found_at == "session end", rows[(test, kind)]
         if kind != "leaked_process":
             assert int(pid) in written, (kind, test, pid)
         if kind in ("leaked_server", "orphaned_server"):
@@ -137,7 +138,7 @@ def test_with_per_test_checks_the_leaking_tests_own_row_shows_its_leak(
     assert any(f"leaked_process {nodeid} pid={child} " in extra for extra in extras), extras
     assert not [row for row in report.data["tests"]["test_suite.py::test_clean"] if row["extras"]]
     text = "".join(report.section_text)
-    assert "1 test(s) leaked, each found at its own teardown" in text
+    assert "1 leak(s) failed the run (1 reported at teardown), 0 allowed." in text
     assert f"pid={child} " in text
     inner.assert_nothing_left()
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_leanhost.core.detail import (
-    AncestorDetail,
     Phase,
     PhaseSpan,
     ProcessDetail,
@@ -160,7 +159,7 @@ def _detail(
         age_seconds=facts.age_seconds,
         phase=phase,
         started_in=started_in,
-        ancestry=tuple(AncestorDetail(a.pid, a.cmdline, a.alive) for a in chain),
+        ancestry=chain,
         escaped=escaped,
         descendants=_descendants(pid, table),
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from pytest_leanhost.core.detail import AncestorDetail
 from pytest_leanhost.core.escapes import ESCAPE_WORDS, EscapeWord, reparented
 from pytest_leanhost.core.identity import same_create_time
 from pytest_leanhost.core.procfs import stat_fields
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from pytest_leanhost.core.probe import ProcessInfo, ProcessTable
 
 __all__ = [
-    "Ancestor",
     "ProcessFacts",
     "ancestry",
     "describe_process",
@@ -51,15 +51,6 @@ class ProcessFacts:
     #: Wall clock when the process started, in seconds (its create time).
     started_unix: float
     age_seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Ancestor:
-    """One known ancestor of a process: its PID, command line (empty when unknown), liveness."""
-
-    pid: int
-    cmdline: tuple[str, ...]
-    alive: bool
 
 
 def _pinned(pid: int, create_time: float) -> psutil.Process | None:
@@ -199,7 +190,7 @@ def ancestry(
     root: int,
     known_create_times: Mapping[int, float] | None = None,
     known_cmdlines: Mapping[int, tuple[str, ...]] | None = None,
-) -> tuple[Ancestor, ...]:
+) -> tuple[AncestorDetail, ...]:
     """The known ancestors of ``pid``, nearest first, ending at ``root`` when the chain reaches it.
 
     Each step follows the parent the caller saw first (``known_parents``: PID to
@@ -213,7 +204,7 @@ def ancestry(
     """
     created = known_create_times or {}
     cmdlines = known_cmdlines or {}
-    chain: list[Ancestor] = []
+    chain: list[AncestorDetail] = []
     seen = {pid}
     current = pid
     while current != root:
@@ -225,7 +216,7 @@ def ancestry(
         cmdline = cmdlines.get(parent, ())
         if info is not None:
             cmdline = _cmdline(parent, info.create_time) or cmdline
-        chain.append(Ancestor(pid=parent, cmdline=cmdline, alive=info is not None))
+        chain.append(AncestorDetail(pid=parent, cmdline=cmdline, alive=info is not None))
         current = parent
     return tuple(chain)
 

@@ -107,40 +107,46 @@ class LeanhostHtml:
 
 
 def summary_html(findings: Sequence[Finding] | None, at_teardown: dict[str, str]) -> str:
-    """The summary section: a status line, a table of the leaks, and their lines."""
+    """The summary section: the terminal's status line, a table of the leaks, their lines.
+
+    ``findings`` is the run's one ledger, leaks found at a teardown included, so the
+    section tells what the terminal, JSON and JUnit tell; ``at_teardown`` (the text
+    each leaking test's teardown reported) serves only a run that reached no verdict.
+    """
     from pytest_leanhost.plugin.report import grouped_lines
 
     parts = [_STYLE, '<div class="leanhost" id="leanhost">', "<h2>leanhost</h2>"]
     if findings is None:
         parts.append("<p>No session-end verdict: the leak check did not run.</p>")
-        findings = ()
-    failing = [f for f in findings if not f.allowed]
-    if findings:
-        status = "leanhost-status leanhost-failed" if failing else "leanhost-status"
-        parts.append(
-            f'<p class="{status}">{len(failing)} leak(s) failed the run, '
-            f"{len(findings) - len(failing)} allowed (found at session end).</p>"
-        )
-        parts.append(_table(findings))
-        text = "\n".join(line for line, _ in grouped_lines(findings))
-        parts.append(f'<pre class="leanhost-lines">{html.escape(text)}</pre>')
-    elif not at_teardown:
-        parts.append('<p class="leanhost-status">No leaks.</p>')
-    if at_teardown:
-        parts.append(
-            f'<p class="leanhost-status leanhost-failed">{len(at_teardown)} test(s) leaked, '
-            "each found at its own teardown (--leanhost-check=test):</p>"
-        )
         parts.extend(
             f'<pre class="leanhost-lines">{html.escape(text)}</pre>'
             for text in at_teardown.values()
         )
+        parts.append("</div>")
+        return "\n".join(parts)
+    failing = [f for f in findings if not f.allowed]
+    if findings:
+        status = "leanhost-status leanhost-failed" if failing else "leanhost-status"
+        teardown = sum(1 for f in failing if f.found_at == "teardown")
+        already = f" ({teardown} reported at teardown)" if teardown else ""
+        parts.append(
+            f'<p class="{status}">{len(failing)} leak(s) failed the run{already}, '
+            f"{len(findings) - len(failing)} allowed.</p>"
+        )
+        parts.append(_table(findings))
+        text = "\n".join(line for line, _ in grouped_lines(findings))
+        parts.append(f'<pre class="leanhost-lines">{html.escape(text)}</pre>')
+    else:
+        parts.append('<p class="leanhost-status">No leaks.</p>')
     parts.append("</div>")
     return "\n".join(parts)
 
 
 def _table(findings: Sequence[Finding]) -> str:
-    rows = ["<tr><th>test</th><th>kind</th><th>PID</th><th>action</th><th>command line</th></tr>"]
+    rows = [
+        "<tr><th>test</th><th>kind</th><th>PID</th><th>action</th><th>found at</th>"
+        "<th>command line</th></tr>"
+    ]
     for finding in findings:
         tests = " | ".join(finding.nodeids) or finding.nodeid or "<session>"
         # One line per process, as in the terminal: a newline in an argument shows as \n.
@@ -151,6 +157,7 @@ def _table(findings: Sequence[Finding]) -> str:
             finding.kind + (" (allowed)" if finding.allowed else ""),
             "-" if finding.pid is None else str(finding.pid),
             finding.action,
+            finding.found_at.replace("_", " "),
             command or "-",
         )
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
