@@ -172,11 +172,45 @@ def test_leaks_on_two_machines_are_found_once_each_with_their_test_and_host(
         hosts = {"gw0": "remote-1", "gw1": "remote-2"}
         txs = [f"--tx=popen//python={machines.wrapper(host)}" for host in hosts.values()]
         outcome = run(inner, machines, *txs, "--dist=load")
+        assert_suite_findings(outcome, hosts)
+        assert sorted(machines.namespaces()) == ["remote-1", "remote-2"]
+        machines.assert_all_gone()
     else:
         outcome = run(inner, machines, "-n", "2")
+        assert_suite_findings(outcome, None)
+    inner.assert_nothing_left()
+
+
+def test_a_worker_through_an_execnet_socket_server_on_another_machine_stands_on_its_own(
+    pytester: pytest.Pytester, inner: InnerPytest, machines: RemoteMachines
+) -> None:
+    """``--tx socket=``: the worker runs inside a socket server started on that machine."""
+    pytest.importorskip("mcp")
+    pytester.makepyfile(test_suite=SUITE)
+    with subprocess.Popen(
+        [machines.wrapper("remote-1"), "-u", "-m", "execnet.script.socketserver", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()  # ... Entering Accept loop ('127.0.0.1', PORT)
+            port = int(line.rstrip().rstrip(")").rpartition(" ")[2])
+            # xdist takes a socket worker's path arguments for ones to copy: none is given.
+            tx = f"--tx=socket=127.0.0.1:{port}//chdir={pytester.path}"
+            outcome = run(inner, machines, tx, "--dist=load", "-o", "testpaths=test_suite.py")
+            assert_suite_findings(outcome, {"gw0": "remote-1"})
+        finally:
+            machines.close()  # the server's machine, and the server with it
+    machines.assert_all_gone()
+    inner.assert_nothing_left()
+
+
+def assert_suite_findings(outcome: InnerRun, hosts: dict[str, str] | None) -> None:
+    """SUITE's two leaks, once each, with their test, PID and host (``hosts`` by worker, or
+    None: this machine); both gone on their own machine; no clean twin named."""
     result, findings = outcome.result, outcome.report["findings"]
     out = result.stdout.str()
-
     assert result.ret == 1, out
     assert sorted((f["kind"], f["nodeid"]) for f in findings) == [
         ("leaked_process", "test_suite.py::test_forgets_a_sleep"),
@@ -188,19 +222,14 @@ def test_leaks_on_two_machines_are_found_once_each_with_their_test_and_host(
         assert finding["action"] == "terminated"
         assert after(name) == "gone"  # its own machine saw it end, after its worker's check
         assert host_of(finding).hostname == noted(name)["host"]
-        if where == "remote":
+        if hosts is None:
+            assert host_of(finding) == this_machine()
+        else:
             assert host_of(finding).hostname == hosts[finding["worker"]]
             assert host_of(finding).pid_namespace == noted(name)["ns"]
-            assert f"pid={finding['pid']} " in out
             assert f"worker={finding['worker']} host={hosts[finding['worker']]}" in out
-        else:
-            assert host_of(finding) == this_machine()
-    if where == "local":
+    if hosts is None:
         assert " host=" not in out
-    else:
-        assert sorted(machines.namespaces()) == ["remote-1", "remote-2"]
-        machines.assert_all_gone()
-    inner.assert_nothing_left()
 
 
 DIES = r"""
