@@ -119,8 +119,8 @@ class XdistController:
         self._hosts: dict[str, Machine] = {}
         #: What each worker on another machine is running: setup reported, teardown not yet.
         self._running: dict[str, dict[str, None]] = {}
-        #: Workers that went down without a report, in the order they did.
-        self._down: list[str] = []
+        #: Workers that went down without a report, and whether they died (an error).
+        self._down: dict[str, bool] = {}
 
     def pytest_configure_node(self, node: Any) -> None:
         """Hand the session id, root and machine to each worker; note its gateway process."""
@@ -166,7 +166,7 @@ class XdistController:
         output: dict[str, Any] = getattr(node, "workeroutput", None) or {}
         workerid = _workerid(node) or "?"
         if _KEY not in output:
-            self._down.append(workerid)
+            self._down[workerid] = error is not None
             return
         try:
             report = WorkerReport.from_json(output[_KEY])
@@ -197,15 +197,18 @@ class XdistController:
         machine's processes, found through the session root's spans and lineage.
         """
         problems = list(self.problems)
-        for workerid in self._down:
+        for workerid, died in self._down.items():
             host = self._hosts.get(workerid)
             if host is None and (state.has_worker(workerid) or not self._running.get(workerid)):
                 continue  # on this machine (its PID file), or it ran no test
             where = host.label(self.machine) if host is not None else "another machine"
             tests = ", ".join(self._running.get(workerid, {}))
-            doing = f"while running {tests}" if tests else "between tests"
+            if not died:
+                what = "sent no report"
+            else:
+                what = f"died while running {tests}" if tests else "died between tests"
             problems.append(
-                f"leanhost: worker {workerid} on {where} died {doing}; its processes there"
+                f"leanhost: worker {workerid} on {where} {what}; its processes there"
                 " cannot be checked from this machine, so its leaks are unknown"
             )
         return problems
