@@ -127,8 +127,6 @@ def test_leaks_a_server_through_the_sdk_twin():
     anyio.run(initialize)
 '''
 
-LEAKS = ["test_forgets_a_sleep", "test_leaks_a_server_through_the_sdk"]
-
 
 @pytest.fixture
 def machines(
@@ -235,6 +233,41 @@ def assert_suite_findings(outcome: InnerRun, hosts: dict[str, str] | None) -> No
             assert f"worker={finding['worker']} host={hosts[finding['worker']]}" in out
     if hosts is None:
         assert " host=" not in out
+
+
+ONE_SLEEP = r"""
+import subprocess
+from conftest import HELD, note
+
+def test_forgets_a_sleep():
+    child = subprocess.Popen(["sleep", "300"])
+    HELD.append(child)
+    note("test_forgets_a_sleep", child.pid)
+"""
+
+
+def test_a_worker_in_a_pid_namespace_of_its_own_is_told_apart_under_the_same_host_name(
+    pytester: pytest.Pytester, inner: InnerPytest, machines: RemoteMachines
+) -> None:
+    """The issue's "pid=4, on which machine?": the line names the worker's PID namespace."""
+    pytester.makepyfile(test_one=ONE_SLEEP)
+    here = this_machine()
+    tx = f"--tx=popen//python={machines.wrapper(here.hostname)}"
+    outcome = run(inner, machines, tx, "--dist=load")
+    out = outcome.result.stdout.str()
+
+    assert outcome.result.ret == 1, out
+    (finding,) = outcome.report["findings"]
+    sleep = noted("test_forgets_a_sleep")
+    assert finding["nodeid"] == "test_one.py::test_forgets_a_sleep"
+    assert finding["pid"] == sleep["pid"]
+    assert host_of(finding).hostname == here.hostname
+    assert host_of(finding).pid_namespace == sleep["ns"] != here.pid_namespace
+    assert f"pid={sleep['pid']} transport=- action=terminated worker=gw0" in out
+    assert f"worker=gw0 host={here.hostname}({sleep['ns']})" in out
+    assert after("test_forgets_a_sleep") == "gone"
+    machines.assert_all_gone()
+    inner.assert_nothing_left()
 
 
 DIES = r"""
