@@ -198,7 +198,7 @@ def test_merging_two_leaking_shards_fails_and_keeps_each_finding_s_test_and_sess
     assert rows["test_one.py::test_forgets_a_child"][1:3] == ["`leaked_process`", str(child)]
     assert rows["test_two.py::test_leaks_a_server"][1:3] == ["`leaked_server`", str(server)]
     assert "time.sleep(120)" in code(rows["test_one.py::test_forgets_a_child"][4])
-    assert rows["test_one.py::test_forgets_a_child"][3] == "-"  # reports carry no host yet
+    assert code(rows["test_one.py::test_forgets_a_child"][3]) == hostname()  # each finding's host
     inner.assert_nothing_left()
 
 

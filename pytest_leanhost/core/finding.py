@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from pytest_leanhost.core.kinds import ACTIONS, FOUND_AT, KINDS, Action, FoundAt, LeakKind
+from pytest_leanhost.core.machine import Machine, MachineShapeError
 
 if TYPE_CHECKING:
     from pytest_leanhost.core.detail import ProcessDetail
@@ -53,6 +54,8 @@ class Finding(NamedTuple):
     nodeids: tuple[str, ...] = ()
     #: Where the check found it: at the teardown of its test, or at session end.
     found_at: FoundAt = "session_end"
+    #: The machine where it was found: its PID and paths mean something only there.
+    host: Machine | None = None
 
     def to_json(self) -> dict[str, object]:
         """The report's object for this finding."""
@@ -70,6 +73,7 @@ class Finding(NamedTuple):
             "process": self.process.to_json() if self.process is not None else None,
             "nodeids": list(self.nodeids or ((self.nodeid,) if self.nodeid else ())),
             "found_at": self.found_at,
+            "host": self.host.to_json() if self.host is not None else None,
         }
 
     @classmethod
@@ -111,6 +115,11 @@ class Finding(NamedTuple):
             raise FindingShapeError(f"nodeids is {nodeids!r}, not a list of strings")
         if tuple(nodeids) == ((texts["nodeid"],) if texts["nodeid"] else ()):
             nodeids = []  # the plain single-test form: kept as the default
+        host = data.get("host")
+        try:
+            machine = Machine.from_json(host) if host is not None else None
+        except MachineShapeError as exc:
+            raise FindingShapeError(str(exc)) from None
         return cls(
             process=detail_of,
             kind=kind,
@@ -125,6 +134,7 @@ class Finding(NamedTuple):
             worker=texts["worker"],
             nodeids=tuple(nodeids),
             found_at=found_at,
+            host=machine,
         )
 
 

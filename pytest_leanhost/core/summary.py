@@ -1,8 +1,9 @@
 """The report's words without pytest: a finding's lines, the grouped section, annotations.
 
-Pure formatting of findings (no pytest, no psutil, nothing read or written), so
-that both the plugin's terminal section and ``leanhost report merge`` print a
-leak the same way. :mod:`pytest_leanhost.plugin.report` re-exports these names.
+Pure formatting of findings (no pytest, no psutil, nothing written; only this
+machine's identity is read, once, to tell a finding of another machine), so that
+both the plugin's terminal section and ``leanhost report merge`` print a leak the
+same way. :mod:`pytest_leanhost.plugin.report` re-exports these names.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pytest_leanhost.core.machine import this_machine
+
 if TYPE_CHECKING:
     from pytest_leanhost.core.finding import Finding
+    from pytest_leanhost.core.machine import Machine
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -23,16 +27,18 @@ __all__ = [
 
 #: Version of the ``--leanhost-report`` document. 2 is additive over 1: each finding's
 #: ``process``, and the top level's ``earlier_sessions`` and ``watched_registries``;
-#: 3 over 2: each finding's ``found_at``.
+#: 3 over 2: each finding's ``found_at`` and ``host``.
 REPORT_SCHEMA_VERSION = 3
 
 
-def finding_line(finding: Finding) -> str:
+def finding_line(finding: Finding, local: Machine | None = None) -> str:
     """A leak's first line, greppable: kind, test, PID, transport, what was done, flags.
 
     Long paths (the record) and the detail follow on indented lines
     (:func:`finding_details`), so the first line stays short. An ambiguous start
-    tick names every candidate test, never one at random.
+    tick names every candidate test, never one at random. ``host=`` is there
+    when the finding's machine is not ``local`` (default: this process's), whose
+    PID it is not.
     """
     tests = " | ".join(finding.nodeids) or finding.nodeid or "<session>"
     line = (
@@ -41,6 +47,10 @@ def finding_line(finding: Finding) -> str:
     )
     if finding.worker:
         line += f" worker={finding.worker}"
+    if finding.host is not None:
+        here = this_machine() if local is None else local
+        if not finding.host.same_as(here):
+            line += f" host={finding.host.label(here)}"
     if finding.allowed:
         line += " [allowed]"
     return line
@@ -88,11 +98,14 @@ def finding_details(finding: Finding, indent: str = "  ") -> list[str]:
     return lines
 
 
-def grouped_lines(findings: Sequence[Finding]) -> list[tuple[str, bool]]:
+def grouped_lines(
+    findings: Sequence[Finding], local: Machine | None = None
+) -> list[tuple[str, bool]]:
     """The ``leanhost`` section: findings grouped by test, each with its details; red or not.
 
     A leaked process that descends from another leak of the same test is shown
-    under it, so a server and the workers it left read as one leak.
+    under it, so a server and the workers it left read as one leak. ``local`` as
+    for :func:`finding_line`.
     """
     groups: dict[str, list[Finding]] = {}
     for finding in findings:
@@ -114,18 +127,22 @@ def grouped_lines(findings: Sequence[Finding]) -> list[tuple[str, bool]]:
             under.setdefault(pid, []).append(finding)
         for finding in group:
             if finding not in parent_of:
-                _emit_tree(finding, "", under, lines)
+                _emit_tree(finding, "", under, lines, local)
     return lines
 
 
 def _emit_tree(
-    finding: Finding, indent: str, under: dict[int, list[Finding]], lines: list[tuple[str, bool]]
+    finding: Finding,
+    indent: str,
+    under: dict[int, list[Finding]],
+    lines: list[tuple[str, bool]],
+    local: Machine | None,
 ) -> None:
     red = not finding.allowed
-    lines.append((indent + finding_line(finding), red))
+    lines.append((indent + finding_line(finding, local), red))
     lines.extend((line, red) for line in finding_details(finding, " " * len(indent) + "  "))
     for child in under.get(finding.pid if finding.pid is not None else -1, []):
-        _emit_tree(child, " " * len(indent) + "└─ ", under, lines)
+        _emit_tree(child, " " * len(indent) + "└─ ", under, lines, local)
 
 
 def _command(cmdline: Sequence[str], width: int = 120) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_leanhost.core.machine import this_machine
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV, WORKER_ENV, new_session_id
 from pytest_leanhost.plugin.leakcheck import LeakCheck, allowed_by_marker
 from pytest_leanhost.plugin.phases import PhaseClock
@@ -80,6 +81,8 @@ class LeanhostSession:
         self._previous_sigterm: Any = None
         self._private_root: Path | None = None
         self._checked = False
+        #: The controller's findings and those of workers on its machine (paths it may open).
+        self._local_findings: list[Finding] = []
         self._each_test: EachTest | None = None
         #: Every test phase, timed, so that a leaked process's start names its phase.
         self.phases = PhaseClock()
@@ -99,7 +102,15 @@ class LeanhostSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Choose the session id and root, and mark the environment with them."""
         if self.worker is not None:
-            session_id, root = self.worker.session_id, self.worker.root
+            # Rule: a worker on another machine adopts the session id, never a path.
+            session_id = self.worker.session_id
+            root = self.worker.shared_root or self._own_root(self.worker.workerid)
+            if self.worker.remote:
+                from pytest_leanhost.plugin.xdist import HostOnReports
+
+                self.config.pluginmanager.register(
+                    HostOnReports(self.worker.machine), "leanhost-host-on-reports"
+                )
         else:
             session_id, root = new_session_id(), self._session_root()
             self._install_sigterm_handler()
@@ -146,7 +157,7 @@ class LeanhostSession:
             return
         self.lineage = Lineage(helpers=interpreter_helpers, waiters=ChildWaiters.of_interpreter())
         self.lineage.boundary()
-        if self.workerid is not None:
+        if self.worker is not None and not self.worker.remote:
             # A worker's spans also go to the session root, line by line, so the
             # controller can still name the tests of a worker that died.
             self._spans_fd = os.open(
@@ -181,6 +192,15 @@ class LeanhostSession:
         root.mkdir(mode=0o700, exist_ok=True)
         root.chmod(0o700)
         return root
+
+    def _own_root(self, workerid: str) -> Path:
+        """A worker on another machine: a private directory of its own machine (mode 0700).
+
+        Not its base temporary directory, whose path xdist derives from the
+        controller's; removed at unconfigure unless a record is left in it.
+        """
+        self._private_root = Path(tempfile.mkdtemp(prefix=f"leanhost-{workerid}-"))
+        return self._private_root
 
     # -- each test (:class:`EachTest`) -------------------------------------------
 
@@ -264,8 +284,10 @@ class LeanhostSession:
         from pytest_leanhost.plugin.outcome import RunVerdict
 
         workers = self.controller.reports if self.controller is not None else []
-        problems = self.controller.problems if self.controller is not None else []
+        problems = self.controller.all_problems(self.state) if self.controller is not None else []
         self.verdict = RunVerdict.merge(own, workers, problems)
+        local = self.controller.local_reports if self.controller is not None else []
+        self._local_findings = [*own.findings, *(f for r in local for f in r.findings)]
         if junit and self.verdict.failing:
             from pytest_leanhost.plugin.report import add_junit_leaks
 
@@ -308,8 +330,10 @@ class LeanhostSession:
             doctor=self.settings.doctor,
         )
         check = self.leak_check
+        # Every finding names this machine: its PID and paths mean something only here.
+        machine = this_machine()
         return WorkerReport(
-            findings=tuple(check.ledger),
+            findings=tuple(finding._replace(host=machine) for finding in check.ledger),
             registries=tuple(sorted(registries)),
             counts=CheckCounts(
                 registries_checked=checked.registries_checked,
@@ -432,9 +456,18 @@ class LeanhostSession:
             shutil.rmtree(self._private_root, ignore_errors=True)
 
     def _records_left(self) -> bool:
-        """Whether a finding's record is still in place (kept, foreign, or its server alive)."""
-        findings = self.verdict.findings if self.verdict is not None else ()
-        return any(f.record is not None and os.path.lexists(f.record) for f in findings)
+        """Whether a record in the private root is still in place (kept, or its server alive).
+
+        Rule: only this machine's findings are looked at (a path from another
+        machine's report is never opened), and only records in the private root.
+        """
+        root = self._private_root
+        inside = str(root) + os.sep if root is not None else None
+        findings = self._local_findings if self.worker is None else self.leak_check.ledger
+        return inside is not None and any(
+            f.record is not None and f.record.startswith(inside) and os.path.lexists(f.record)
+            for f in findings
+        )
 
     # -- helpers -----------------------------------------------------------------
 

@@ -58,6 +58,8 @@ class SessionState:
         self.registries_root = os.path.join(root, "registries")
         self._registries_prefix = self.registries_root + os.sep
         self._nodeids: dict[str, str] = {}
+        #: The processes xdist started for its workers' gateways (the controller only).
+        self._gateways: set[int] = set()
 
     def registry_path(self, nodeid: str) -> str:
         """The registry directory of test ``nodeid``, named, not created (once per test)."""
@@ -114,12 +116,29 @@ class SessionState:
         taken at a worker's start: importing filelock alone costs a worker about
         15 ms.
         """
+        write_atomically(self._worker_file(worker), f"{pid}\n".encode())
+
+    def has_worker(self, worker: str) -> bool:
+        """Whether xdist worker ``worker`` wrote its PID file here: it stood on this root."""
+        return os.path.exists(self._worker_file(worker))
+
+    def _worker_file(self, worker: str) -> str:
         name = f"{_WORKER_PREFIX}{worker.replace('%', '%25').replace('/', '%2F')}.pid"
-        write_atomically(os.path.join(self.root, name), f"{pid}\n".encode())
+        return os.path.join(self.root, name)
+
+    def add_gateway(self, pid: int) -> None:
+        """Note a process xdist started for a worker (the controller's own child)."""
+        self._gateways.add(pid)
 
     def worker_pids(self) -> set[int]:
-        """The PIDs of every xdist worker of the session (empty without xdist)."""
-        pids: set[int] = set()
+        """The PIDs of every xdist worker of the session (empty without xdist).
+
+        On the controller, also every process at or below a worker's gateway
+        process, read now: a wrapper (``unshare``, ``ssh``) and a worker in a PID
+        namespace of its own, whose PID file holds a PID of that namespace. What
+        is below them is that worker's, never the controller's to judge.
+        """
+        pids = self._gateway_trees()
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.root):
                 if entry.name.startswith(_WORKER_PREFIX) and entry.name.endswith(".pid"):
@@ -129,6 +148,18 @@ class SessionState:
                     ):
                         pids.add(int(handle.read()))
         return pids
+
+    def _gateway_trees(self) -> set[int]:
+        """The live gateway processes and all their descendants (Linux; elsewhere the PIDs)."""
+        found: set[int] = set()
+        todo = list(self._gateways)
+        while todo:
+            pid = todo.pop()
+            if pid in found:
+                continue
+            found.add(pid)
+            todo.extend(_children(pid))
+        return found
 
     # The index is the one file that several processes write (a hashed registry
     # name's node id): every change happens under a file lock, and lands by an
@@ -156,6 +187,13 @@ class SessionState:
             index = self._read_index()
             change(index)
             write_atomically(path, json.dumps(index).encode("utf-8"))
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (none where ``/proc`` cannot say)."""
+    from pytest_leanhost.core.procfs import read_children
+
+    return read_children(pid) or []
 
 
 STATE_KEY = pytest.StashKey[SessionState]()
