@@ -44,6 +44,18 @@ def poll(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return poll_until(condition, timeout)
 
 
+def _exec_visible(pid: int) -> bool:
+    """Whether ``/proc/PID/cmdline`` shows a program (or the process exited, or is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if handle.read():
+                return True
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")  # exited
+    except OSError:
+        return True  # gone, or not Linux: nothing to wait for
+
+
 class Children:
     """Real processes a test started or caused; every one is ended by exact PID at teardown.
 
@@ -67,8 +79,15 @@ class Children:
         self.close()
 
     def track(self, child: P, *, ends_at_eof: bool = False) -> P:
-        """Take a child this test made with ``Popen``; it is ended at teardown, pass or fail."""
+        """Take a child this test made with ``Popen``; it is ended at teardown, pass or fail.
+
+        Returns once the kernel shows the child's new program: ``Popen`` returns as
+        soon as the exec closed its close-on-exec pipe, a moment before
+        ``/proc/PID/cmdline`` and ``environ`` show the new ones, and a test that
+        reads them at once would read them empty.
+        """
         self._popen.append((child, ends_at_eof))
+        poll_until(lambda: _exec_visible(child.pid), 5.0)
         return child
 
     def adopt(self, proc: psutil.Process | int) -> psutil.Process:
