@@ -463,8 +463,11 @@ class Lineage:
         process is not the test's; a zombie is no leak.
         """
         found: set[int] = set()
+        owned = self._by_owner.get(nodeid)
+        if not owned:
+            return found  # the common case: the test started nothing still seen
         helpers = self._helpers()
-        for seen in self._by_owner.get(nodeid, ()):
+        for seen in owned:
             if seen.pid in helpers or (seen.pid, seen.start_tick) in self._deferred:
                 continue
             if _LINUX:
