@@ -160,8 +160,14 @@ def finding_keys(run: InnerRun) -> list[tuple[str, str, int]]:
 
 def section_keys(output: str) -> list[tuple[str, str, int]]:
     """(kind, node id, PID) of every finding line in the terminal's ``leanhost`` section."""
-    section = output.split("= leanhost =", 1)[1] if "= leanhost =" in output else ""
-    found = re.findall(r"^(?:└─ )?(\w+) (\S+) pid=(\d+) ", section, flags=re.M)
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("=") and " leanhost " in line]
+    section: list[str] = []
+    for line in lines[starts[0] + 1 :] if starts else []:
+        if line.startswith("=="):
+            break  # the next section (pytest's short summary repeats the errors under CI)
+        section.append(line)
+    found = re.findall(r"^(?:└─ )?(\w+) (\S+) pid=(\d+) ", "\n".join(section), flags=re.M)
     return sorted((kind, nodeid, int(pid)) for kind, nodeid, pid in found)
 
 
