@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from pytest_leanhost.core.probe import ProcessTable
 from pytest_leanhost.core.procfs import (
     LastPid,
+    ProcessFiles,
     TaskChildren,
     boot_time,
     boottime_ticks,
@@ -97,7 +98,11 @@ def is_subreaper() -> bool:
 
 def _read_stat(pid: int) -> tuple[int, int, bool, bool] | None:
     """``(ppid, start tick, zombie, single-threaded)`` from ``/proc/PID/stat``; ``None``: gone."""
-    fields = stat_fields(pid)
+    return _stat_of(stat_fields(pid))
+
+
+def _stat_of(fields: list[bytes] | None) -> tuple[int, int, bool, bool] | None:
+    """``(ppid, start tick, zombie, single-threaded)`` from the fields of a stat line."""
     if fields is None:
         return None
     try:
@@ -198,6 +203,8 @@ class Lineage:
         self._walked_at: object = None
         #: The root's own children, read through files kept open (Linux).
         self._root_children = TaskChildren(self.root) if _LINUX else None
+        #: Each live descendant's stat and children files, kept open between walks.
+        self._files = ProcessFiles() if _LINUX else None
         #: ``(node id, begin tick, end tick or None)``: plain tuples, made into
         #: :class:`Span` only when asked (twice per test, so it must be cheap).
         self._spans: list[tuple[str, int, int | None]] = []
@@ -236,6 +243,8 @@ class Lineage:
             self._counter.close()
         if self._root_children is not None:
             self._root_children.close()
+        if self._files is not None:
+            self._files.close()
 
     @property
     def running(self) -> str | None:
@@ -323,9 +332,11 @@ class Lineage:
         queue: list[tuple[Seen | None, int]] = [(None, pid) for pid in self._root_pids()]
         exited: list[tuple[int, int]] = []
         live = False
+        files = self._files
+        visited: set[int] = set()
         while queue:
             parent, pid = queue.pop(0)
-            stat = _read_stat(pid) if _LINUX else None
+            stat = _stat_of(files.stat(pid)) if files is not None else None
             tick = stat[1] if stat is not None else None if _LINUX else start_tick(pid)
             if tick is None:
                 continue  # gone (reaped) since its parent's list was read
@@ -335,10 +346,18 @@ class Lineage:
             if stat is not None and stat[2]:
                 if parent is None:
                     exited.append((pid, tick))
+                    visited.add(pid)  # its file, bound to it, checks it once more before reaping
                 continue  # a zombie has no children: they were reparented when it died
             live = True
             single = stat is not None and stat[3]
-            queue.extend((seen, child) for child in direct_children(pid, single))
+            if files is not None:
+                visited.add(pid)
+                children = files.children(pid, single) or []
+            else:
+                children = direct_children(pid)
+            queue.extend((seen, child) for child in children)
+        if files is not None:
+            files.keep_only(visited)  # the files of exited and gone processes are closed
         self._last_tick = now
         self._live_below = live
         if exited and self._waiters is not None:
@@ -429,16 +448,21 @@ class Lineage:
         waiters.close_spawn_ranges()
         held = waiters.held()
         reaped: list[int] = []
+        files = self._files
         for pid, tick in exited:
             if pid in held or waiters.forked_by_us(pid):
                 continue
-            stat = _read_stat(pid)
+            # Through the file kept open for that very process, where there is one: a
+            # reaped and reused PID reads as gone there, never as another process.
+            stat = _stat_of(files.stat(pid)) if files is not None else _read_stat(pid)
             if stat is None or stat[0] != self.root or stat[1] != tick or not stat[2]:
                 continue  # no longer that zombie child of ours
             with contextlib.suppress(ChildProcessError):
                 done, _status = os.waitpid(pid, os.WNOHANG)
                 if done == pid:
                     reaped.append(pid)
+            if files is not None:
+                files.forget(pid)
         self.reaped += len(reaped)
         return reaped
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 __all__ = [
     "FORCE_PSUTIL",
     "LastPid",
+    "ProcessFiles",
     "TaskChildren",
     "boot_clock",
     "boot_time",
@@ -190,13 +191,32 @@ class TaskChildren:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._files: dict[str, int] = {}
+        #: The process's own stat file: its thread count says whether to list the tasks.
+        self._stat: int | None = None
+
+    def _threads(self) -> int:
+        """How many threads the process has now (0 when its stat cannot be read)."""
+        try:
+            if self._stat is None:
+                self._stat = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY)
+            data = os.pread(self._stat, 4096, 0)
+            return int(data[data.rfind(b")") + 2 :].split()[17])
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def read(self) -> list[int] | None:
-        """The children's PIDs, sorted; ``None`` when the process cannot be read."""
-        try:
-            tasks = set(os.listdir(f"/proc/{self.pid}/task"))
-        except OSError:
-            return None
+        """The children's PIDs, sorted; ``None`` when the process cannot be read.
+
+        Rule: a process with one thread has one task, its main one, whose file is
+        read without listing the tasks (a listing costs as much as three reads).
+        """
+        if self._threads() == 1:
+            tasks = {str(self.pid)}
+        else:
+            try:
+                tasks = set(os.listdir(f"/proc/{self.pid}/task"))
+            except OSError:
+                return None
         for tid in [tid for tid in self._files if tid not in tasks]:
             os.close(self._files.pop(tid))
         for tid in tasks.difference(self._files):
@@ -213,6 +233,9 @@ class TaskChildren:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+        if self._stat is not None:
+            os.close(self._stat)
+            self._stat = None
 
 
 def read_children(pid: int, single_threaded: bool = False) -> list[int] | None:
@@ -250,3 +273,79 @@ def _pread_all(fd: int, size: int = 65536) -> bytes:
             break
         data += more
     return data
+
+
+class ProcessFiles:
+    """``/proc/PID/stat`` and the main task's ``children`` of many processes, kept open.
+
+    A lineage walk reads both for every live process below pytest at every
+    boundary where a PID was handed out: kept open, each is one ``pread``
+    instead of an open, a read and a close. A file stays bound to the process
+    it was opened for: once that process is gone its reads fail, so a reused
+    PID is opened afresh and never read through an old file. At most ``limit``
+    processes are kept; past that, files are opened for one reading only.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self._limit = limit
+        #: PID -> (stat file, children file or -1 until first asked).
+        self._files: dict[int, list[int]] = {}
+
+    def stat(self, pid: int) -> list[bytes] | None:
+        """The fields of ``/proc/PID/stat`` after the command name; None when it is gone."""
+        files = self._files.get(pid)
+        if files is not None:
+            try:
+                data = os.pread(files[0], 4096, 0)
+            except OSError:
+                self.forget(pid)  # that process is gone: its PID may name another now
+            else:
+                if data:
+                    return data[data.rfind(b")") + 2 :].split()
+                self.forget(pid)
+        if len(self._files) >= self._limit:
+            return stat_fields(pid)
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, 4096, 0)
+        except OSError:
+            os.close(fd)
+            return None
+        self._files[pid] = [fd, -1]
+        return data[data.rfind(b")") + 2 :].split()
+
+    def children(self, pid: int, single_threaded: bool) -> list[int] | None:
+        """The direct children of ``pid`` (see :func:`read_children`), read through its file."""
+        files = self._files.get(pid)
+        if files is None or not single_threaded:
+            return read_children(pid, single_threaded)
+        if files[1] < 0:
+            try:
+                files[1] = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+            except OSError:
+                return None
+        try:
+            return sorted(int(word) for word in _pread_all(files[1]).split())
+        except OSError:
+            return None
+
+    def keep_only(self, pids: set[int]) -> None:
+        """Close the files of every process but these (the ones the walk just saw)."""
+        for pid in [pid for pid in self._files if pid not in pids]:
+            self.forget(pid)
+
+    def forget(self, pid: int) -> None:
+        """Close the files of ``pid``."""
+        files = self._files.pop(pid, None)
+        if files is not None:
+            for fd in files:
+                if fd >= 0:
+                    os.close(fd)
+
+    def close(self) -> None:
+        """Close every file."""
+        for pid in list(self._files):
+            self.forget(pid)
