@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_leanhost.core.ownership import NODEID_ENV, SESSION_ENV
-from pytest_leanhost.core.procfs import LastPid, pids_between
+from pytest_leanhost.core.procfs import LastPid, pids_between, stat_fields
 from pytest_leanhost.plugin.leakcheck import allowed_by_marker
 
 if TYPE_CHECKING:
@@ -79,10 +79,13 @@ class PerTestCheck:
             after = counter.read()
             counter.close()
             if before is not None and after is not None:
-                # Rule: every PID handed out while the fixture was set up is deferred, its
-                # create time pinned. Its environment is not read: right after an exec the
-                # kernel may not show it yet, and deferring a stranger only delays its verdict.
-                check.defer(_create_times(set(pids_between(before, after))), why)
+                # Rule: of the PIDs handed out while the fixture was set up, those below
+                # pytest, or carrying the session's marker, are deferred, create time pinned.
+                # The parent is asked first: right after an exec the kernel may not show
+                # the new environment yet, but a child of pytest is ours whatever it shows.
+                started = pids_between(before, after)
+                ours = {pid for pid in started if _ours(pid, check.state.session_id)}
+                check.defer(_create_times(ours), why)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -165,6 +168,22 @@ def _leak_text(nodeid: str, failing: list[Finding]) -> str:
     return "\n".join(lines)
 
 
+def _ours(pid: int, session_id: str) -> bool:
+    """Whether ``pid`` is below pytest (by its parents now) or carries the session's marker."""
+    own, current = os.getpid(), pid
+    for _ in range(32):  # a chain of parents, never a loop
+        fields = stat_fields(current)
+        if fields is None:
+            break
+        parent = int(fields[1])
+        if parent == own:
+            return True
+        if parent <= 1:
+            break
+        current = parent
+    return bool(_marked([pid], session_id, None))
+
+
 def _create_times(pids: set[int]) -> dict[int, float]:
     """Each live PID's create time (the identity a deferral keeps)."""
     from pytest_leanhost.core.probe import create_time_of
@@ -187,10 +206,10 @@ def _holds_something(registry: str) -> bool:
         return os.path.lexists(registry)
 
 
-def _marked(pids: list[int], session_id: str, nodeid: str) -> set[int]:
-    """Those of ``pids`` whose starting environment carries the session id and ``nodeid``."""
+def _marked(pids: list[int], session_id: str, nodeid: str | None) -> set[int]:
+    """Those of ``pids`` whose starting environment carries the session id (and ``nodeid``)."""
     session = f"\0{SESSION_ENV}={session_id}\0".encode()
-    test = f"\0{NODEID_ENV}={nodeid}\0".encode()
+    test = f"\0{NODEID_ENV}={nodeid}\0".encode() if nodeid is not None else b""
     own = os.getpid()
     found: set[int] = set()
     for pid in pids:
