@@ -37,18 +37,29 @@ def start_clock() -> Callable[[], float]:
 
 
 def reported_durations(config: pytest.Config) -> dict[str, dict[str, float]]:
-    """The duration of every test phase pytest reported so far, from the terminal reporter.
+    """The duration of every test phase pytest reported so far, and when each ended.
 
-    A test run again (a rerun plugin) keeps its last run's durations.
+    From the terminal reporter's ``stats``: ``{"setup": seconds, ...}`` and, where
+    the report has its wall-clock ``stop`` (pytest 7.3 on), ``"setup_stop"`` in the
+    process start clock. A test run again (a rerun plugin) keeps its last run's.
     """
+    import time
+
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     durations: dict[str, dict[str, float]] = {}
+    # One offset from the wall clock to the start clock, read now: pytest stamps its
+    # reports with the wall clock; a process's start tick counts in the boot clock.
+    offset = boot_clock() - time.time()
     for reports in getattr(reporter, "stats", {}).values():
         for report in reports:
             when = getattr(report, "when", None)
             duration = getattr(report, "duration", None)
             if when in _PHASES and isinstance(duration, (int, float)):
-                durations.setdefault(report.nodeid, {})[when] = float(duration)
+                phases = durations.setdefault(report.nodeid, {})
+                phases[when] = float(duration)
+                stop = getattr(report, "stop", None)
+                if isinstance(stop, (int, float)) and stop > 0:
+                    phases[f"{when}_stop"] = float(stop) + offset
     return durations
 
 
@@ -140,14 +151,21 @@ def _split(
     A phase pytest did not report leaves its time to the phase before it. A
     span still in its teardown ends its call where the teardown was seen to
     begin (``teardown_began``), so the gaps before it stay the call's however
-    slow the machine.
+    slow the machine. Where pytest stamped when a phase ended (``*_stop``), that
+    is where it ends: on a loaded machine, the time from the span's start to the
+    setup's own start is no longer taken from the setup's end.
     """
     from pytest_leanhost.core.detail import PhaseSpan
 
-    setup_end = min(end, begin + durations.get("setup", end - begin))
+    if "setup_stop" in durations:  # where the setup ended, as pytest stamped it
+        setup_end = min(end, max(begin, durations["setup_stop"]))
+    else:
+        setup_end = min(end, begin + durations.get("setup", end - begin))
     if "call" not in durations:
         return [PhaseSpan(nodeid, "setup", begin, setup_end), *_teardown(nodeid, setup_end, end)]
-    if closed and "teardown" in durations:
+    if "call_stop" in durations:
+        call_end = min(end, max(setup_end, durations["call_stop"]))
+    elif closed and "teardown" in durations:
         call_end = max(setup_end, end - durations["teardown"])
     elif closed:
         call_end = end
