@@ -14,6 +14,7 @@ import pytest
 
 from pytest_leanhost.record import ProcessRecord
 from pytest_leanhost.refserver import LATEST_PROTOCOL_VERSION
+from pytest_leanhost.stopping import poll_until
 from tests.children import poll
 from tests.refserver_helpers import (
     Processes,
@@ -377,7 +378,10 @@ def test_port_0_records_the_real_port_and_the_path(processes: Processes) -> None
     endpoint = Endpoint(server)
     assert endpoint.post(initialize())[0] == 200
     assert endpoint.exchange("POST", b"{}", path="/mcp")[0] == 404
-    assert f"listening on http://{record.bind}/custom/mcp" in server.stderr()
+    # The server writes this line after its record: polled, as a loaded machine may delay it.
+    line = f"listening on http://{record.bind}/custom/mcp"
+    poll_until(lambda: line in server.stderr(), 10.0)
+    assert line in server.stderr()
 
 
 @pytest.mark.parametrize(

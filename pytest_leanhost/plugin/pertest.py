@@ -215,14 +215,41 @@ def _marked(pids: list[int], session_id: str, nodeid: str | None) -> set[int]:
     for pid in pids:
         if pid == own:
             continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = b"\0" + handle.read() + b"\0"
-        except OSError:
+        environ = _environ_after_exec(pid)
+        if environ is None:
             continue  # gone, or not ours to read (so not started by this run)
         if session in environ and test in environ:
             found.add(pid)
     return found
+
+
+def _environ_after_exec(pid: int) -> bytes | None:
+    """``pid``'s starting environment, NUL-framed; waits (a second at most) for an exec to show.
+
+    Rule: a process read in the instant after its ``Popen`` returned may still show
+    neither its new command line nor its new environment (the exec closed Popen's
+    pipe first): an empty environment is read again once the command line shows.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read()
+        if not data:
+            from pytest_leanhost.stopping import poll_until
+
+            poll_until(lambda: _cmdline_shows(pid), 1.0)
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                data = handle.read()
+    except OSError:
+        return None
+    return b"\0" + data + b"\0"
+
+
+def _cmdline_shows(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return bool(handle.read())
+    except OSError:
+        return True  # gone: nothing to wait for
 
 
 def _record_pids(registry: str | None) -> set[int]:
